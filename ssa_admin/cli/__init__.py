@@ -1,0 +1,18 @@
+"""``ssa-admin``: one module per command group; this one wires them together."""
+
+from __future__ import annotations
+
+import typer
+
+from . import status as _status
+
+app = typer.Typer(
+    name="ssa-admin",
+    help="Administer the Secure Socket API: policy, profiles, pins, certificates.",
+    no_args_is_help=True,
+)
+app.command("status")(_status.status)
+
+
+def main() -> None:
+    app()

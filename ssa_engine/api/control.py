@@ -1,0 +1,164 @@
+"""The application's end of one control connection to the engine (blocking)."""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import select
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .. import paths
+from ..protocol import (
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    Closed,
+    Decoder,
+    Error,
+    FrameError,
+    Hello,
+    HelloOk,
+    Message,
+    encode,
+)
+
+#: seconds to wait for the engine to answer a request that does no network I/O
+REPLY_TIMEOUT = 30.0
+
+
+def engine_unreachable(path: Path, exc: OSError) -> OSError:
+    code = exc.errno or errno.ECONNREFUSED
+    return OSError(
+        code,
+        f"the ssa engine is not running: cannot reach its control socket {path} "
+        f"({os.strerror(code)}); start it with `ssa-engine serve` "
+        f"(or point {paths.ENV_ENGINE_SOCKET} at a running engine)",
+    )
+
+
+class ControlChannel:
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else paths.engine_socket()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(str(self.path))
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
+            sock.close()
+            raise engine_unreachable(self.path, exc) from None
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.decoder = Decoder()
+        #: the CLOSED event, once the engine has sent it
+        self.closed_event: Closed | None = None
+        self.engine_gone = False
+        self._pending: list[Message] = []
+        try:
+            reply = self.request(Hello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION))
+        except BaseException:
+            sock.close()
+            raise
+        if not isinstance(reply, HelloOk):
+            sock.close()
+            raise OSError(errno.EPROTO, f"unexpected answer from the engine: {reply!r}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    # -- sending ----------------------------------------------------------------
+    def send(self, message: Message, fds: Sequence[int] = ()) -> None:
+        data = encode(message)
+        try:
+            if fds:
+                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                sent = self.sock.sendmsg([data], anc)
+                if sent < len(data):
+                    self.sock.sendall(data[sent:])
+            else:
+                self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.engine_gone = True
+            raise OSError(errno.ECONNRESET, "the ssa engine closed the control connection "
+                          "(it stopped or restarted)") from None
+
+    def request(self, message: Message, fds: Sequence[int] = (),
+                timeout: float | None = REPLY_TIMEOUT) -> Message:
+        """Send one request and return its reply; an ERROR reply raises OSError."""
+        self.send(message, fds)
+        return self.reply(timeout)
+
+    # -- receiving --------------------------------------------------------------
+    def reply(self, timeout: float | None = REPLY_TIMEOUT) -> Message:
+        """Wait for the next reply (events are recorded on the way)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            message = self._next(deadline)
+            if message is None:
+                raise TimeoutError("timed out")
+            if isinstance(message, Closed):
+                self.closed_event = message
+                continue
+            if isinstance(message, Error):
+                raise OSError(message.errno, message.message or os.strerror(message.errno))
+            return message
+
+    def poll(self) -> Message | None:
+        """Return a reply that is already there, without blocking."""
+        while True:
+            message = self._next(time.monotonic())
+            if message is None:
+                return None
+            if isinstance(message, Closed):
+                self.closed_event = message
+                continue
+            return message
+
+    def wait_closed(self, timeout: float) -> Closed | None:
+        """The CLOSED event, waiting at most ``timeout`` seconds for it."""
+        deadline = time.monotonic() + timeout
+        while self.closed_event is None and not self.engine_gone:
+            message = self._next(deadline)
+            if message is None:
+                break
+            if isinstance(message, Closed):
+                self.closed_event = message
+            else:
+                self._pending.append(message)
+        return self.closed_event
+
+    def _next(self, deadline: float | None) -> Message | None:
+        if self._pending:
+            return self._pending.pop(0)
+        while True:
+            try:
+                message = self.decoder.next_message()
+            except FrameError as exc:
+                self.engine_gone = True
+                raise OSError(errno.EPROTO, f"bad frame from the engine: {exc}") from None
+            if message is not None:
+                return message
+            if self.engine_gone:
+                raise OSError(errno.ECONNRESET, "the ssa engine closed the control connection "
+                              "(it stopped or restarted)")
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                r, _, _ = select.select([self.sock], [], [], max(remaining, 0))
+                if not r:
+                    return None
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.engine_gone = True
+                continue
+            self.decoder.receive_data(data)

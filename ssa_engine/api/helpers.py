@@ -1,0 +1,86 @@
+"""Convenience constructors, shaped like the stdlib's ``socket`` helpers."""
+
+from __future__ import annotations
+
+import os
+import socket as _socket
+from collections.abc import Sequence
+from typing import Any
+
+from ..protocol import options as opt
+from .constants import (
+    TLS_ALPN,
+    TLS_CERTIFICATE_CHAIN,
+    TLS_PRIVATE_KEY,
+    TLS_REMOTE_HOSTNAME,
+    TLS_TRUSTED_PEER_CERTIFICATES,
+)
+from .tlssocket import TLSSocket
+
+_GLOBAL_DEFAULT = _socket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]
+PathOrPem = str | bytes | os.PathLike[str]
+
+
+def socket(
+    family: int = _socket.AF_INET,
+    type: int = _socket.SOCK_STREAM,  # noqa: A002
+    proto: int = opt.IPPROTO_TLS,
+    fileno: int | None = None,
+) -> TLSSocket:
+    """Create a socket; ``IPPROTO_TLS`` gives a TLS socket served by the engine."""
+    return TLSSocket(family, type, proto, fileno)
+
+
+def family_for(host: str) -> int:
+    return _socket.AF_INET6 if ":" in host else _socket.AF_INET
+
+
+def configure(
+    sock: TLSSocket,
+    *,
+    hostname: str | None = None,
+    cafile: PathOrPem | None = None,
+    certfile: PathOrPem | None = None,
+    keyfile: PathOrPem | None = None,
+    alpn: Sequence[str] | None = None,
+) -> None:
+    """Apply the helper keyword arguments as the matching TLS options."""
+    if hostname is not None:
+        sock.setsockopt(opt.IPPROTO_TLS, TLS_REMOTE_HOSTNAME, hostname)
+    if cafile is not None:
+        sock.setsockopt(opt.IPPROTO_TLS, TLS_TRUSTED_PEER_CERTIFICATES, cafile)
+    if certfile is not None:
+        sock.setsockopt(opt.IPPROTO_TLS, TLS_CERTIFICATE_CHAIN, certfile)
+    if keyfile is not None:
+        sock.setsockopt(opt.IPPROTO_TLS, TLS_PRIVATE_KEY, keyfile)
+    if alpn:
+        sock.setsockopt(opt.IPPROTO_TLS, TLS_ALPN, ",".join(alpn))
+
+
+def create_connection(
+    address: tuple[str, int],
+    timeout: Any = _GLOBAL_DEFAULT,
+    *,
+    hostname: str | None = None,
+    cafile: PathOrPem | None = None,
+    certfile: PathOrPem | None = None,
+    keyfile: PathOrPem | None = None,
+    alpn: Sequence[str] | None = None,
+) -> TLSSocket:
+    """Connect a TLS socket to ``address`` (host name or address, port).
+
+    A host name is resolved by the engine and used for SNI and verification;
+    an IP address needs ``hostname``.
+    """
+    host, port = address
+    sock = TLSSocket(family_for(host), _socket.SOCK_STREAM, opt.IPPROTO_TLS)
+    try:
+        if timeout is not _GLOBAL_DEFAULT:
+            sock.settimeout(timeout)
+        configure(sock, hostname=hostname, cafile=cafile, certfile=certfile,
+                  keyfile=keyfile, alpn=alpn)
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,566 @@
+"""TLSSocket: a ``socket.socket`` whose peer is the engine, speaking plaintext.
+
+Theory of operation: the socket's file descriptor is one end of a Unix stream
+socketpair; the other end goes to the engine with CONNECT, and from then on
+the engine relays between it and the TLS connection it owns. So ``fileno()``
+is a real stream descriptor: select/poll/epoll, asyncio, ``makefile`` and
+``sendfile`` work on it unchanged, and data costs the application ordinary
+syscalls. A second, private Unix connection (the control channel) carries
+options, the connect result and the stream-end event.
+
+Readiness (documented in docs/developer-guide.md): a non-blocking connect
+returns EINPROGRESS and the descriptor is *not writable* until the connect
+has finished (the library queues filler bytes that the engine discards when
+it is done), so the usual "wait for writable, then SO_ERROR" works, as does
+asyncio's ``sock_connect``-style code.
+
+End of stream: the engine sends CLOSED(errno) on the control channel before
+it closes its end of the data socketpair. When a read returns end of file,
+the socket looks at that event: errno 0 (close_notify received) is a clean
+EOF; anything else raises, so truncation never looks like a clean end.
+"""
+
+from __future__ import annotations
+
+import _socket as _csocket
+import errno
+import os
+import socket as _socket
+import struct
+from typing import Any
+
+from ..protocol import Connect, Connected, GetSockOpt, Ok, SetSockOpt, SocketRequest
+from ..protocol import options as opt
+from ..protocol.options import Access, Kind, TLSOption
+from .control import ControlChannel
+
+_NONBLOCK_FLAGS = getattr(_socket, "SOCK_NONBLOCK", 0) | getattr(_socket, "SOCK_CLOEXEC", 0)
+_TLS_FAMILIES = (_socket.AF_INET, _socket.AF_INET6, opt.AF_HOSTNAME)
+_PEM_OPTIONS = {
+    TLSOption.TRUSTED_PEER_CERTIFICATES,
+    TLSOption.CERTIFICATE_CHAIN,
+    TLSOption.PRIVATE_KEY,
+}
+#: flags that mean the same on the plaintext stream as on TCP
+_RECV_FLAGS = _socket.MSG_PEEK | _socket.MSG_DONTWAIT | _socket.MSG_WAITALL
+_SEND_FLAGS = _socket.MSG_DONTWAIT | getattr(_socket, "MSG_NOSIGNAL", 0) | getattr(
+    _socket, "MSG_MORE", 0
+)
+#: largest certificate or key file read for an option (fits one control frame)
+MAX_PEM_FILE = 4 * 1024 * 1024 - 4096
+#: bytes of buffer each direction of the plaintext socketpair gets
+PAIR_BUFFER = 1024 * 1024
+
+_CREATED, _CONNECTING, _CONNECTED, _CLOSED, _BROKEN = range(5)
+
+
+class TLSSocket(_socket.socket):
+    """A TLS stream socket whose TLS is done by the ssa engine."""
+
+    __slots__ = (
+        "_ssa_ctl", "_ssa_state", "_ssa_family", "_ssa_proto", "_ssa_pair", "_ssa_peer",
+        "_ssa_local", "_ssa_so_error", "_ssa_error", "_ssa_eof", "_ssa_shut_rd", "_ssa_id",
+    )
+
+    def __init__(
+        self,
+        family: int = _socket.AF_INET,
+        type: int = _socket.SOCK_STREAM,  # noqa: A002 - the stdlib's parameter name
+        proto: int = opt.IPPROTO_TLS,
+        fileno: int | None = None,
+        *,
+        engine_socket: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._ssa_ctl: ControlChannel | None = None
+        self._ssa_pair: _socket.socket | None = None
+        self._ssa_family = int(family)
+        self._ssa_proto = int(proto)
+        self._ssa_state = _CREATED
+        self._ssa_peer: tuple[Any, ...] | None = None
+        self._ssa_local: tuple[Any, ...] | None = None
+        self._ssa_so_error = 0
+        self._ssa_error = ""
+        self._ssa_eof: OSError | None | bool = False  # False: not at EOF yet
+        self._ssa_shut_rd = False
+        self._ssa_id = 0
+        if proto in (0, _socket.IPPROTO_TCP):
+            # A plain TCP socket of the same class (STARTTLS upgrade: issue 6).
+            super().__init__(family, type, proto, fileno)
+            return
+        if proto != opt.IPPROTO_TLS:
+            raise OSError(errno.EPROTONOSUPPORT, f"protocol {proto} is not supported")
+        if fileno is not None:
+            raise OSError(errno.EINVAL, "a TLS socket cannot wrap an existing descriptor")
+        if type & ~_NONBLOCK_FLAGS != _socket.SOCK_STREAM:
+            raise OSError(errno.EPROTONOSUPPORT, "IPPROTO_TLS supports only SOCK_STREAM")
+        if family not in _TLS_FAMILIES:
+            raise OSError(errno.EAFNOSUPPORT, f"address family {family} is not supported "
+                          "with IPPROTO_TLS")
+        ctl = ControlChannel(engine_socket)
+        try:
+            reply = ctl.request(SocketRequest(int(family), _socket.SOCK_STREAM, opt.IPPROTO_TLS))
+            assert isinstance(reply, Ok)
+            self._ssa_id = reply.socket_id or 0
+            app_end, engine_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        except BaseException:
+            ctl.close()
+            raise
+        for s in (app_end, engine_end):
+            s.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, PAIR_BUFFER)
+            s.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, PAIR_BUFFER)
+        super().__init__(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, app_end.detach())
+        self._ssa_ctl = ctl
+        self._ssa_pair = engine_end
+        if type & getattr(_socket, "SOCK_NONBLOCK", 0):
+            self.setblocking(False)
+
+    # -- identity -------------------------------------------------------------
+    @property
+    def family(self) -> _socket.AddressFamily | int:  # type: ignore[override]
+        try:
+            return _socket.AddressFamily(self._ssa_family)
+        except ValueError:
+            return self._ssa_family
+
+    @property
+    def type(self) -> _socket.SocketKind:  # type: ignore[override]
+        return _socket.SocketKind.SOCK_STREAM
+
+    @property
+    def proto(self) -> int:  # type: ignore[override]
+        return self._ssa_proto
+
+    @property
+    def _tls(self) -> bool:
+        return self._ssa_ctl is not None
+
+    def __repr__(self) -> str:
+        state = ["created", "connecting", "connected", "closed", "broken"][self._ssa_state]
+        fd = -1 if self._closed else self.fileno()
+        return (f"<ssa_engine.TLSSocket fd={fd}, family={self._ssa_family}, "
+                f"proto={self._ssa_proto}, state={state}, peer={self._ssa_peer}>")
+
+    def _control(self) -> ControlChannel:
+        if self._ssa_ctl is None:
+            if self._closed:
+                raise OSError(errno.EBADF, "Bad file descriptor")
+            raise OSError(errno.EOPNOTSUPP, "not a TLS socket")
+        return self._ssa_ctl
+
+    # -- connect --------------------------------------------------------------
+    def connect(self, address: Any) -> None:  # type: ignore[override]
+        if not self._tls:
+            return super().connect(address)
+        ctl = self._control()
+        if self._ssa_state == _CONNECTING:
+            self._ssa_collect_connect(blocking=self.gettimeout() != 0.0)
+            if self._ssa_state == _CONNECTING:
+                raise OSError(errno.EALREADY, "Operation already in progress")
+            raise OSError(errno.EISCONN, "Transport endpoint is already connected")
+        if self._ssa_state in (_CONNECTED, _CLOSED):
+            raise OSError(errno.EISCONN, "Transport endpoint is already connected")
+        if self._ssa_state == _BROKEN:
+            raise OSError(errno.EBADFD, f"socket unusable after an earlier error: "
+                          f"{self._ssa_error}")
+        host, port = _parse_address(address)
+        timeout = self.gettimeout()
+        filler = self._ssa_fill() if timeout == 0.0 else 0
+        pair = self._ssa_pair
+        assert pair is not None
+        try:
+            ctl.send(Connect(host=host, port=port, filler=filler), [pair.fileno()])
+        finally:
+            pair.close()
+            self._ssa_pair = None
+        self._ssa_state = _CONNECTING
+        if timeout == 0.0:
+            raise BlockingIOError(errno.EINPROGRESS, "Operation now in progress")
+        try:
+            self._ssa_result(ctl.reply(timeout=timeout))
+        except TimeoutError:
+            raise TimeoutError("timed out") from None
+        except OSError as exc:
+            self._ssa_failed(exc)
+            raise
+
+    def connect_ex(self, address: Any) -> int:  # type: ignore[override]
+        try:
+            self.connect(address)
+        except OSError as exc:
+            if exc.errno is None:
+                raise
+            return exc.errno
+        return 0
+
+    def _ssa_fill(self) -> int:
+        """Make the descriptor unwritable until the engine finishes the connect."""
+        chunk = bytes(65536)
+        total = 0
+        while True:
+            try:
+                total += super().send(chunk, _socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return total
+
+    def _ssa_result(self, reply: Any) -> None:
+        if not isinstance(reply, Connected):
+            raise OSError(errno.EPROTO, f"unexpected answer from the engine: {reply!r}")
+        self._ssa_state = _CONNECTED
+        self._ssa_peer = _addr(reply.peer_host, reply.peer_port)
+        self._ssa_local = _addr(reply.local_host, reply.local_port)
+
+    def _ssa_failed(self, exc: OSError) -> None:
+        self._ssa_state = _BROKEN
+        self._ssa_error = exc.strerror or ""
+
+    def _ssa_collect_connect(self, *, blocking: bool) -> None:
+        """Fetch the result of a pending non-blocking connect, if it is there."""
+        ctl = self._control()
+        try:
+            reply = ctl.reply(timeout=None) if blocking else ctl.poll()
+        except OSError as exc:
+            self._ssa_failed(exc)
+            self._ssa_so_error = exc.errno or errno.EPROTO
+            raise
+        if reply is not None:
+            self._ssa_result(reply)
+
+    def ssa_finish_connect(self) -> None:
+        """After a non-blocking connect became writable: return or raise its result."""
+        if self._ssa_state == _CONNECTING:
+            self._ssa_collect_connect(blocking=True)
+        elif self._ssa_state == _BROKEN:
+            raise OSError(self._ssa_so_error or errno.EBADFD, self._ssa_error)
+
+    # -- options --------------------------------------------------------------
+    def setsockopt(self, level: int, optname: int, value: Any,  # type: ignore[override]
+                   optlen: int | None = None) -> None:
+        if level == _socket.IPPROTO_TCP and optname == opt.TCP_UPGRADE_TLS:
+            # Linux's TCP option 33 is TCP_FASTOPEN_KEY: never let it through.
+            raise OSError(errno.ENOPROTOOPT, "TCP_UPGRADE_TLS (STARTTLS upgrade) is not "
+                          "supported by this version yet")
+        if not self._tls:
+            if optlen is None:
+                return super().setsockopt(level, optname, value)
+            return super().setsockopt(level, optname, value, optlen)
+        ctl = self._control()
+        if level == opt.IPPROTO_TLS:
+            found = opt.lookup(optname)
+            if found is None:
+                raise OSError(errno.ENOPROTOOPT, f"unknown IPPROTO_TLS option {optname}")
+            name, spec = found
+            if Access.SET not in spec.access:
+                raise OSError(errno.ENOPROTOOPT, f"TLS_{name.name} can only be read")
+            if spec.kind is Kind.INT:
+                message = SetSockOpt(level, optname, int_value=_int_value(name, value))
+            else:
+                message = SetSockOpt(level, optname, value=_bytes_value(name, value))
+        else:
+            if value is None or isinstance(value, bool | int):
+                message = SetSockOpt(level, optname, int_value=int(value or 0))
+            else:
+                message = SetSockOpt(level, optname, value=bytes(value))
+        ctl.request(message)
+
+    def getsockopt(self, level: int, optname: int,  # type: ignore[override]
+                   buflen: int | None = None) -> Any:
+        if not self._tls:
+            if buflen is None:
+                return super().getsockopt(level, optname)
+            return super().getsockopt(level, optname, buflen)
+        if level == _socket.SOL_SOCKET:
+            local = self._ssa_local_option(optname)
+            if local is not None:
+                return _as_buf(local, buflen)
+        ctl = self._control()
+        if level == opt.IPPROTO_TLS:
+            found = opt.lookup(optname)
+            if found is None:
+                raise OSError(errno.ENOPROTOOPT, f"unknown IPPROTO_TLS option {optname}")
+            name, spec = found
+            if Access.GET not in spec.access:
+                raise OSError(errno.ENOPROTOOPT, f"TLS_{name.name} can only be set")
+            if name is TLSOption.ERROR and self._ssa_state == _CONNECTING:
+                self._ssa_poll_connect()
+        if self._ssa_state == _CONNECTING:
+            self._ssa_poll_connect()
+        reply = ctl.request(GetSockOpt(level, optname, buflen or 0))
+        assert isinstance(reply, Ok)
+        if reply.int_value is not None:
+            return _as_buf(reply.int_value, buflen)
+        return reply.value or b""
+
+    def _ssa_poll_connect(self) -> None:
+        try:
+            self._ssa_collect_connect(blocking=False)
+        except OSError:
+            pass
+
+    def _ssa_local_option(self, optname: int) -> int | None:
+        if optname == _socket.SO_ERROR:
+            if self._ssa_state == _CONNECTING:
+                self._ssa_poll_connect()
+            code, self._ssa_so_error = self._ssa_so_error, 0
+            return code
+        if optname == _socket.SO_TYPE:
+            return _socket.SOCK_STREAM
+        if optname == getattr(_socket, "SO_DOMAIN", 39):
+            return self._ssa_family
+        if optname == getattr(_socket, "SO_PROTOCOL", 38):
+            return self._ssa_proto
+        if optname == getattr(_socket, "SO_ACCEPTCONN", 30):
+            return 0
+        return None
+
+    # -- addresses --------------------------------------------------------------
+    def getpeername(self) -> Any:
+        if not self._tls:
+            return super().getpeername()
+        if self._ssa_state == _CONNECTING:
+            self._ssa_poll_connect()
+        if self._ssa_peer is None:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+        return self._ssa_peer
+
+    def getsockname(self) -> Any:
+        if not self._tls:
+            return super().getsockname()
+        if self._ssa_local is None:
+            return ("::", 0, 0, 0) if self._ssa_family == _socket.AF_INET6 else ("0.0.0.0", 0)
+        return self._ssa_local
+
+    # -- data -------------------------------------------------------------------
+    def _ssa_check_send(self, flags: int) -> None:
+        if flags & ~_SEND_FLAGS:
+            raise ValueError(f"flags {flags:#x} are not supported on TLS sockets")
+        if self._ssa_state != _CONNECTED and self._ssa_state != _CLOSED:
+            if self._ssa_state == _BROKEN:
+                raise OSError(errno.EBADFD, f"socket unusable after an earlier error: "
+                              f"{self._ssa_error}")
+            if self._ssa_state == _CONNECTING:
+                self._ssa_poll_connect()
+                if self._ssa_state == _CONNECTED:
+                    return
+                if self.gettimeout() == 0.0:
+                    raise BlockingIOError(errno.EAGAIN, "the TLS handshake is not finished")
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    def _ssa_check_recv(self, flags: int) -> None:
+        if flags & ~_RECV_FLAGS:
+            raise ValueError(f"flags {flags:#x} are not supported on TLS sockets")
+        if self._ssa_state == _BROKEN:
+            raise OSError(errno.EBADFD, f"socket unusable after an earlier error: "
+                          f"{self._ssa_error}")
+        if self._ssa_state == _CREATED:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+        if self._ssa_state == _CONNECTING:
+            self._ssa_poll_connect()
+
+    def _ssa_at_eof(self) -> None:
+        """The plaintext stream ended: decide between clean EOF and an error."""
+        if self._ssa_eof is None or self._ssa_shut_rd:
+            return
+        if isinstance(self._ssa_eof, OSError):
+            raise OSError(errno.EBADFD, f"socket unusable after an earlier error: "
+                          f"{self._ssa_error}")
+        ctl = self._ssa_ctl
+        event = None
+        if ctl is not None:
+            try:
+                event = ctl.wait_closed(timeout=5.0)
+            except OSError:
+                event = None
+        if event is not None and event.errno == 0:
+            self._ssa_eof = None
+            self._ssa_state = _CLOSED
+            return
+        if event is not None:
+            err = OSError(event.errno, event.message or os.strerror(event.errno))
+        else:
+            err = OSError(errno.ECONNRESET, "the ssa engine went away during the connection "
+                          "(the stream is not known to be complete)")
+        self._ssa_eof = err
+        self._ssa_error = err.strerror or ""
+        self._ssa_state = _BROKEN
+        raise err
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:  # type: ignore[override]
+        if not self._tls:
+            return super().recv(bufsize, flags)
+        self._ssa_check_recv(flags)
+        data = super().recv(bufsize, flags)
+        if not data and bufsize:
+            self._ssa_at_eof()
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:  # type: ignore[override]
+        if not self._tls:
+            return super().recv_into(buffer, nbytes, flags)
+        self._ssa_check_recv(flags)
+        n = super().recv_into(buffer, nbytes, flags)
+        if n == 0 and (nbytes or len(memoryview(buffer))):
+            self._ssa_at_eof()
+        return n
+
+    def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:  # type: ignore[override]
+        if not self._tls:
+            return super().recvfrom(bufsize, flags)
+        return self.recv(bufsize, flags), self._ssa_peer
+
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0,  # type: ignore[override]
+                      flags: int = 0) -> tuple[int, Any]:
+        if not self._tls:
+            return super().recvfrom_into(buffer, nbytes, flags)
+        return self.recv_into(buffer, nbytes, flags), self._ssa_peer
+
+    def recvmsg(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if not self._tls:
+            return super().recvmsg(*args, **kwargs)
+        raise OSError(errno.EOPNOTSUPP, "recvmsg is not supported on TLS sockets; use recv")
+
+    def send(self, data: Any, flags: int = 0) -> int:  # type: ignore[override]
+        if self._tls:
+            self._ssa_check_send(flags)
+        return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:  # type: ignore[override]
+        if self._tls:
+            self._ssa_check_send(flags)
+        return super().sendall(data, flags)
+
+    def sendto(self, data: Any, *args: Any) -> int:  # type: ignore[override]
+        if not self._tls:
+            return super().sendto(data, *args)
+        # sendto(data, MSG_FASTOPEN, address) is TLS 1.3 0-RTT: issue 6.
+        raise OSError(errno.EOPNOTSUPP, "sendto is not supported on TLS sockets yet; "
+                      "connect() and send()")
+
+    def sendmsg(self, *args: Any, **kwargs: Any) -> int:  # type: ignore[override]
+        if not self._tls:
+            return super().sendmsg(*args, **kwargs)
+        raise OSError(errno.EOPNOTSUPP, "sendmsg is not supported on TLS sockets; use send")
+
+    def shutdown(self, how: int) -> None:
+        if self._tls:
+            if self._ssa_state in (_CREATED, _CONNECTING):
+                raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+            if how in (_socket.SHUT_RD, _socket.SHUT_RDWR):
+                self._ssa_shut_rd = True
+        super().shutdown(how)
+
+    # -- server side and other calls ---------------------------------------------
+    def bind(self, address: Any) -> None:
+        if not self._tls:
+            return super().bind(address)
+        raise OSError(errno.EOPNOTSUPP, "binding TLS sockets is not supported by this version yet")
+
+    def listen(self, backlog: int = 0) -> None:  # noqa: ARG002
+        if not self._tls:
+            return super().listen(backlog)
+        if self._ssa_state != _CREATED:
+            raise OSError(errno.EOPNOTSUPP, "listen() is not valid after connect()")
+        raise OSError(errno.EOPNOTSUPP, "listening TLS sockets are not supported by this "
+                      "version yet")
+
+    def dup(self) -> _socket.socket:
+        if not self._tls:
+            return super().dup()
+        raise OSError(errno.EOPNOTSUPP, "dup() of a TLS socket is not supported")
+
+    def detach(self) -> int:
+        ctl, self._ssa_ctl = self._ssa_ctl, None
+        if ctl is not None:
+            ctl.close()
+        if self._ssa_pair is not None:
+            self._ssa_pair.close()
+            self._ssa_pair = None
+        return super().detach()
+
+    def _real_close(self, _ss: Any = _csocket.socket) -> None:
+        ctl, self._ssa_ctl = self._ssa_ctl, None
+        if self._ssa_pair is not None:
+            self._ssa_pair.close()
+            self._ssa_pair = None
+        try:
+            _ss.close(self)
+        finally:
+            if ctl is not None:
+                ctl.close()
+
+    # -- introspection used by the helpers -------------------------------------------
+    def ssa_eof_status(self) -> OSError | None:
+        """After end of file on the raw descriptor: None if clean, else the error."""
+        try:
+            self._ssa_at_eof()
+        except OSError as exc:
+            return exc
+        return None
+
+
+def _parse_address(address: Any) -> tuple[str, int]:
+    if not isinstance(address, tuple) or len(address) not in (2, 4):
+        raise TypeError("TLS sockets connect to a (host, port) tuple")
+    host, port = address[0], address[1]
+    if isinstance(host, bytes | bytearray):
+        host = bytes(host).decode("idna")
+    if not isinstance(host, str):
+        raise TypeError(f"host must be str, not {type(host).__name__}")
+    if not isinstance(port, int) or isinstance(port, bool):
+        raise TypeError(f"port must be int, not {type(port).__name__}")
+    if not 0 < port < 65536:
+        raise OverflowError("connect(): port must be 1-65535.")
+    host = host.rstrip("\x00")
+    if not host:
+        raise OSError(errno.EINVAL, "empty host name")
+    return host, port
+
+
+def _addr(host: str, port: int) -> tuple[Any, ...]:
+    return (host, port, 0, 0) if ":" in host else (host, port)
+
+
+def _as_buf(value: int, buflen: int | None) -> Any:
+    if buflen is None:
+        return value
+    return struct.pack("i", value)[:buflen]
+
+
+def _int_value(name: TLSOption, value: Any) -> int:
+    if isinstance(value, bool | int):
+        return int(value)
+    if isinstance(value, bytes | bytearray) and len(value) == 4:
+        return int(struct.unpack("i", value)[0])
+    raise OSError(errno.EINVAL, f"TLS_{_public_name(name)} takes an int")
+
+
+def _public_name(name: TLSOption) -> str:
+    return "0RTT" if name is TLSOption.ZERO_RTT else name.name
+
+
+def _bytes_value(name: TLSOption, value: Any) -> bytes:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str):
+        raw = value.encode("utf-8")
+    elif isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+    else:
+        raise OSError(errno.EINVAL, f"TLS_{_public_name(name)} takes str or bytes, "
+                      f"not {type(value).__name__}")
+    if raw.endswith(b"\x00"):
+        raw = raw[:-1]
+    if name in _PEM_OPTIONS and not raw.lstrip().startswith(b"-----BEGIN"):
+        # a path: read it here, with the application's own permissions, so the
+        # engine never opens a file on the application's behalf.
+        path = os.fsdecode(raw)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_PEM_FILE + 1)
+        except OSError as exc:
+            raise OSError(errno.EINVAL, f"TLS_{_public_name(name)}: cannot read {path!r}: "
+                          f"{exc.strerror}") from None
+        if len(raw) > MAX_PEM_FILE:
+            raise OSError(errno.EINVAL, f"TLS_{_public_name(name)}: {path!r} is too large")
+        if b"-----BEGIN" not in raw:
+            raise OSError(errno.EINVAL, f"TLS_{_public_name(name)}: {path!r} is not PEM")
+    return raw

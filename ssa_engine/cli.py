@@ -1,0 +1,111 @@
+"""``ssa-engine``: run the engine, ask a running engine how it is."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import paths
+
+app = typer.Typer(
+    name="ssa-engine",
+    help="The Secure Socket API engine: TLS for every program, under the administrator's policy.",
+    no_args_is_help=True,
+    add_completion=True,
+)
+
+SocketOption = Annotated[
+    Path | None,
+    typer.Option("--socket", help="Control socket path.", envvar=paths.ENV_ENGINE_SOCKET,
+                 show_default=False),
+]
+
+
+def _setup_logging(level: str) -> None:
+    numeric = getattr(logging, level.upper(), None)
+    if not isinstance(numeric, int):
+        raise typer.BadParameter(f"unknown log level {level!r}", param_hint="--log-level")
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=True)
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+
+
+@app.command()
+def serve(
+    socket: SocketOption = None,
+    level: Annotated[str, typer.Option(help="Security level of the default policy.")] = "default",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the engine in the foreground (systemd, a terminal, a container)."""
+    from .daemon.server import EngineError, run
+    from .policy import DEFAULT_POLICY, LEVELS
+    from .policy.enforce import with_level
+
+    _setup_logging(log_level)
+    if level not in LEVELS:
+        typer.echo(f"ssa-engine: unknown level {level!r}; one of {', '.join(LEVELS)}", err=True)
+        raise typer.Exit(code=2)
+    policy = with_level(DEFAULT_POLICY, level)
+    try:
+        run(socket or paths.engine_socket(), policy)
+    except EngineError as exc:
+        typer.echo(f"ssa-engine: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+
+
+@app.command()
+def status(
+    socket: SocketOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Say whether an engine is running and how many sockets it holds."""
+    from .api.control import ControlChannel
+    from .protocol import StatusReply, StatusRequest
+
+    path = socket or paths.engine_socket()
+    try:
+        ctl = ControlChannel(path)
+        try:
+            reply = ctl.request(StatusRequest(), timeout=10)
+        finally:
+            ctl.close()
+    except OSError as exc:
+        if as_json:
+            typer.echo(json.dumps({"running": False, "socket": str(path), "error": exc.strerror}))
+        else:
+            typer.echo(f"ssa-engine: {exc.strerror}", err=True)
+        raise typer.Exit(code=1) from None
+    assert isinstance(reply, StatusReply)
+    doc = {"running": True, **json.loads(reply.document)}
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for key, value in doc.items():
+        table.add_row(key.replace("_", " "), str(value))
+    Console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

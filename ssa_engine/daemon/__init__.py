@@ -1,0 +1,1 @@
+"""The engine daemon: control server, socket sessions, TLS, the relay."""

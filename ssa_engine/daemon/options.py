@@ -1,0 +1,204 @@
+"""One socket's options as the application set them, checked against policy."""
+
+from __future__ import annotations
+
+import errno
+import re
+import struct
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..policy import (
+    AppRequests,
+    InvalidSetting,
+    Policy,
+    PolicyViolation,
+    TLSSettings,
+    check_cipher,
+    check_version,
+    effective,
+)
+from ..protocol import options as opt
+from ..protocol.options import TLSOption
+from .tlsctx import (
+    CredentialError,
+    Credentials,
+    ip_literal,
+    key_matches,
+    make_credentials,
+    parse_certificates,
+    parse_private_key,
+)
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+_ALPN_MAX = 255
+
+
+class ApiError(Exception):
+    """A request fails with this errno; the message goes to the application."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = code
+        self.message = message
+
+
+def validate_hostname(value: str, what: str) -> str:
+    host = value.rstrip(".") if not ip_literal(value) else value
+    if not host or len(host) > 253:
+        raise ApiError(errno.EINVAL, f"{what}: empty or longer than 253 characters")
+    if ip_literal(host):
+        return host
+    try:
+        ascii_host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        raise ApiError(errno.EINVAL, f"{what}: {value!r} is not a valid host name") from None
+    if not all(_HOST_LABEL.match(label) for label in ascii_host.split(".")):
+        raise ApiError(errno.EINVAL, f"{what}: {value!r} is not a valid host name")
+    return ascii_host.lower()
+
+
+@dataclass(slots=True)
+class SocketOptions:
+    policy: Policy
+    remote_hostname: str | None = None
+    extra_trust: list[bytes] = field(default_factory=list)
+    chain: tuple[x509.Certificate, ...] | None = None
+    key_pem: bytes | None = None
+    alpn: tuple[bytes, ...] = ()
+    app: AppRequests = field(default_factory=AppRequests)
+    tcp: dict[tuple[int, int], int | bytes] = field(default_factory=dict)
+
+    # -- setting ----------------------------------------------------------------
+    def set_tls(self, name: TLSOption, value: bytes | None, number: int | None) -> None:
+        if name is TLSOption.REMOTE_HOSTNAME:
+            self.remote_hostname = validate_hostname(_text(value, name), "TLS_REMOTE_HOSTNAME")
+        elif name is TLSOption.TRUSTED_PEER_CERTIFICATES:
+            if not self.policy.verify.allow_app_trust:
+                raise ApiError(
+                    errno.EPROTO,
+                    f"TLS_TRUSTED_PEER_CERTIFICATES: the {self.policy.source} does not let "
+                    "this program add trusted certificates",
+                )
+            certs = _certs(value, "TLS_TRUSTED_PEER_CERTIFICATES")
+            self.extra_trust += [c.public_bytes(serialization.Encoding.DER) for c in certs]
+        elif name is TLSOption.CERTIFICATE_CHAIN:
+            chain = _certs(value, "TLS_CERTIFICATE_CHAIN")
+            if self.key_pem is not None and not key_matches(chain, self.key_pem):
+                raise ApiError(errno.EPROTO, "TLS_CERTIFICATE_CHAIN: does not match the "
+                               "private key set with TLS_PRIVATE_KEY")
+            self.chain = chain
+        elif name is TLSOption.PRIVATE_KEY:
+            try:
+                key = parse_private_key(_bytes(value, name))
+            except CredentialError as exc:
+                raise ApiError(errno.EINVAL, str(exc)) from None
+            if self.chain is not None and not key_matches(self.chain, key):
+                raise ApiError(errno.EPROTO, "TLS_PRIVATE_KEY: does not match the "
+                               "certificate set with TLS_CERTIFICATE_CHAIN")
+            self.key_pem = key
+        elif name is TLSOption.ALPN:
+            self.alpn = parse_alpn(_text(value, name))
+        elif name in (TLSOption.VERSION_MIN, TLSOption.VERSION_MAX):
+            which = "min" if name is TLSOption.VERSION_MIN else "max"
+            v = _int(number, name)
+            _policy_call(check_version, self.policy, which, v)
+            if which == "min":
+                if self.app.max_version is not None and v > self.app.max_version:
+                    raise ApiError(errno.EINVAL, "TLS_VERSION_MIN above TLS_VERSION_MAX")
+                self.app.min_version = v
+            else:
+                if self.app.min_version is not None and v < self.app.min_version:
+                    raise ApiError(errno.EINVAL, "TLS_VERSION_MAX below TLS_VERSION_MIN")
+                self.app.max_version = v
+        elif name in (TLSOption.DISABLE_CIPHER, TLSOption.ENABLE_CIPHER):
+            action = "disable" if name is TLSOption.DISABLE_CIPHER else "enable"
+            for item in _text(value, name).split(":"):
+                cipher = _policy_call(check_cipher, self.policy, action, item)
+                if action == "disable":
+                    self.app.enabled.discard(cipher)
+                    self.app.disabled.add(cipher)
+                else:
+                    self.app.disabled.discard(cipher)
+                    self.app.enabled.add(cipher)
+        else:  # pragma: no cover - the caller checks the table first
+            raise ApiError(errno.ENOPROTOOPT, f"option {name.name} cannot be set")
+
+    def set_tcp(self, level: int, name: int, value: bytes | None, number: int | None) -> None:
+        if (level, name) not in opt.FORWARDED_OPTIONS:
+            raise ApiError(errno.ENOPROTOOPT, f"socket option ({level}, {name}) is not "
+                           "supported on TLS sockets")
+        if name == opt.SO_LINGER and level == opt.SOL_SOCKET:
+            if value is None or len(value) != 8:
+                raise ApiError(errno.EINVAL, "SO_LINGER takes an 8-byte struct linger")
+            self.tcp[(level, name)] = value
+        else:
+            if number is None:
+                if value is not None and len(value) == 4:
+                    number = struct.unpack("=i", value)[0]
+                else:
+                    raise ApiError(errno.EINVAL, "this socket option takes an int")
+            self.tcp[(level, name)] = number
+
+    # -- reading ------------------------------------------------------------------
+    def settings(self) -> TLSSettings:
+        return effective(self.policy, self.app)
+
+    def credentials(self) -> Credentials | None:
+        if self.chain is None and self.key_pem is None:
+            return None
+        if self.chain is None:
+            raise ApiError(errno.EPROTO, "TLS_PRIVATE_KEY set without TLS_CERTIFICATE_CHAIN")
+        if self.key_pem is None:
+            raise ApiError(errno.EPROTO, "TLS_CERTIFICATE_CHAIN set without TLS_PRIVATE_KEY")
+        return make_credentials(self.chain, self.key_pem)
+
+
+def parse_alpn(text: str) -> tuple[bytes, ...]:
+    items = tuple(p.strip().encode() for p in text.split(",") if p.strip())
+    if not items:
+        raise ApiError(errno.EINVAL, "TLS_ALPN: empty protocol list")
+    for p in items:
+        if len(p) > _ALPN_MAX:
+            raise ApiError(errno.EINVAL, f"TLS_ALPN: protocol {p[:20]!r}... longer than 255")
+    return items
+
+
+def _bytes(value: bytes | None, name: TLSOption) -> bytes:
+    if value is None:
+        raise ApiError(errno.EINVAL, f"TLS_{name.name} takes a string value, not an int")
+    return value
+
+
+def _text(value: bytes | None, name: TLSOption) -> str:
+    raw = _bytes(value, name)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(errno.EINVAL, f"TLS_{name.name}: not valid UTF-8") from None
+
+
+def _int(number: int | None, name: TLSOption) -> int:
+    if number is None:
+        raise ApiError(errno.EINVAL, f"TLS_{name.name} takes an int value")
+    return number
+
+
+def _certs(value: bytes | None, what: str) -> tuple[x509.Certificate, ...]:
+    if value is None:
+        raise ApiError(errno.EINVAL, f"{what} takes PEM text")
+    try:
+        return parse_certificates(value, what)
+    except CredentialError as exc:
+        raise ApiError(errno.EINVAL, str(exc)) from None
+
+
+def _policy_call(fn, *args):  # type: ignore[no-untyped-def]
+    try:
+        return fn(*args)
+    except PolicyViolation as exc:
+        raise ApiError(errno.EPROTO, str(exc)) from None
+    except InvalidSetting as exc:
+        raise ApiError(errno.EINVAL, str(exc)) from None

@@ -1,0 +1,224 @@
+"""The engine process: control socket, sessions, signals, status."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import resource
+import signal
+import socket
+import stat
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..policy import DEFAULT_POLICY, Policy
+from . import fastio
+from .identity import PeerIdentity, peer_identity
+from .session import Session
+from .tlsctx import ContextCache
+
+log = logging.getLogger("ssa.engine")
+
+#: Security parameter: pending control connections the kernel may queue.
+LISTEN_BACKLOG = 4096
+
+
+class EngineError(Exception):
+    """The engine cannot start; the message says why and what to do."""
+
+
+class Engine:
+    def __init__(self, socket_path: Path, policy: Policy = DEFAULT_POLICY) -> None:
+        self.socket_path = socket_path
+        self.policy = policy
+        self.contexts = ContextCache()
+        self.sessions: set[Session] = set()
+        self.sockets = 0
+        self.connected = 0
+        self.bytes_relayed = 0
+        self.started = time.time()
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._listener: socket.socket | None = None
+        self._lock_fd: int | None = None
+        self._stopped: asyncio.Event | None = None
+
+    def policy_for(self, peer: PeerIdentity) -> Policy:
+        """The policy that governs this program's sockets (profiles: issue 4)."""
+        return self.policy
+
+    def status(self) -> dict[str, object]:
+        live = [s for s in self.sessions if s.state is not None]
+        return {
+            "engine": f"ssa-engine {__version__}",
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - self.started, 1),
+            "socket": str(self.socket_path),
+            "policy": self.policy.source,
+            "level": self.policy.level.name,
+            "sockets": len(live),
+            "connected": sum(1 for s in live if s.relay is not None and not s.relay.finished),
+            "sockets_created_total": self.sockets,
+            "connections_total": self.connected,
+            "bytes_relayed_total": self.bytes_relayed,
+            "cached_contexts": len(self.contexts),
+        }
+
+    # -- start ----------------------------------------------------------------
+    def _prepare_directory(self) -> None:
+        directory = self.socket_path.parent
+        shared = os.geteuid() == 0
+        # root serves every user: the directory is world-searchable, the socket
+        # world-connectable; a user engine serves only its own user.
+        mode = 0o755 if shared else 0o700
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=mode)
+        except OSError as exc:
+            raise EngineError(f"cannot create {directory}: {exc.strerror}") from None
+        st = directory.lstat()
+        if not stat.S_ISDIR(st.st_mode):
+            raise EngineError(f"{directory} is not a directory")
+        if st.st_uid != os.geteuid():
+            raise EngineError(f"{directory} belongs to uid {st.st_uid}, not to us; "
+                              "refusing to put the control socket there")
+        if st.st_mode & 0o022:
+            os.chmod(directory, mode)
+
+    def _take_lock(self) -> None:
+        lock_path = self.socket_path.with_name(self.socket_path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise EngineError(f"another ssa engine is already serving {self.socket_path}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _bind(self) -> socket.socket:
+        path = self.socket_path
+        if path.exists() or path.is_symlink():
+            # We hold the lock, so no live engine owns it: a stale socket.
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                log.info("removing stale control socket %s", path)
+                path.unlink()
+            else:
+                raise EngineError(f"something is already serving {path}")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o111 if os.geteuid() == 0 else 0o177)
+        try:
+            sock.bind(str(path))
+        except OSError as exc:
+            sock.close()
+            raise EngineError(f"cannot bind {path}: {exc.strerror}") from None
+        finally:
+            os.umask(old)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+        return sock
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        fastio.check_capabilities()
+        raise_nofile_limit()
+        self.loop = loop
+        self._prepare_directory()
+        self._take_lock()
+        self._listener = self._bind()
+        loop.add_reader(self._listener.fileno(), self._on_accept)
+        log.info("ssa-engine %s serving %s (policy: %s, level %s)", __version__,
+                 self.socket_path, self.policy.source, self.policy.level.name)
+
+    def _on_accept(self) -> None:
+        assert self._listener is not None
+        for _ in range(64):
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    log.error("out of file descriptors; refusing new sockets for a moment")
+                    self.loop.remove_reader(self._listener.fileno())
+                    self.loop.call_later(0.5, self._resume_accept)
+                    return
+                raise
+            conn.setblocking(False)
+            try:
+                peer = peer_identity(conn)
+            except OSError:
+                conn.close()
+                continue
+            self.sessions.add(Session(self, conn, peer))
+
+    def _resume_accept(self) -> None:
+        if self._listener is not None:
+            self.loop.add_reader(self._listener.fileno(), self._on_accept)
+
+    def session_closed(self, session: Session) -> None:
+        self.sessions.discard(session)
+
+    # -- run and stop -----------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self.start(loop)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop, sig)
+        try:
+            await self._stopped.wait()
+        finally:
+            self.close()
+
+    def stop(self, sig: int | None = None) -> None:
+        if sig is not None:
+            log.info("received %s, stopping", signal.Signals(sig).name)
+        if self._stopped is not None:
+            self._stopped.set()
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self.loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+            try:
+                self.socket_path.unlink()
+            except OSError:
+                pass
+        for session in list(self.sessions):
+            session.shutdown_engine()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        log.info("ssa-engine stopped")
+
+
+def raise_nofile_limit() -> None:
+    """Each TLS socket costs the engine three descriptors: take all we may."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            log.warning("could not raise the open-files limit above %d", soft)
+
+
+def run(socket_path: Path, policy: Policy = DEFAULT_POLICY) -> None:
+    engine = Engine(socket_path, policy)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        log.warning("uvloop is not installed: the default asyncio loop is slower")
+        asyncio.run(engine.run())
+    else:
+        uvloop.run(engine.run())

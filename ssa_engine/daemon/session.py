@@ -1,0 +1,578 @@
+"""One control connection: one application socket inside the engine.
+
+The application's library connects to the engine's Unix socket once per TLS
+socket. Frames arrive on that connection (see docs/protocol.md); this class
+decodes them, checks each against the state machine (protocol/states.py) and
+answers. A malformed frame closes this connection only.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import errno
+import itertools
+import json
+import logging
+import os
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from OpenSSL import SSL
+
+from .. import __version__
+from ..protocol import (
+    PROTOCOL_VERSION,
+    Closed,
+    Connect,
+    Connected,
+    Decoder,
+    Error,
+    FrameError,
+    GetSockOpt,
+    Hello,
+    HelloOk,
+    Message,
+    Ok,
+    SetSockOpt,
+    SocketRequest,
+    StatusReply,
+    StatusRequest,
+    encode,
+)
+from ..protocol import options as opt
+from ..protocol.options import IPPROTO_TLS, Access, Kind, TLSOption
+from ..protocol.states import Request, SocketState, check
+from . import fastio
+from .identity import PeerIdentity
+from .options import ApiError, SocketOptions
+from .relay import Relay
+from .tlsctx import ClientConfig, CredentialError, describe_handshake_error, ip_literal
+
+if TYPE_CHECKING:
+    from .server import Engine
+
+log = logging.getLogger("ssa.session")
+
+#: Security parameter: most file descriptors accepted in one recvmsg.
+MAX_FDS = 4
+_RECV_SIZE = 256 * 1024
+_ids = itertools.count(1)
+
+_CONNECTION_INFO = {
+    TLSOption.PEER_IDENTITY,
+    TLSOption.PEER_CERTIFICATE_CHAIN,
+    TLSOption.CHOSEN_CIPHER,
+    TLSOption.VERSION_CONN,
+    TLSOption.RESUMED_SESSION,
+}
+
+
+class Session:
+    def __init__(self, engine: Engine, sock: socket.socket, peer: PeerIdentity) -> None:
+        self.engine = engine
+        self.loop = engine.loop
+        self.sock = sock
+        self.peer = peer
+        self.decoder = Decoder()
+        self.fds: deque[int] = deque()
+        self.out = bytearray()
+        self.hello_done = False
+        self.state: SocketState | None = None
+        self.socket_id = 0
+        self.options: SocketOptions | None = None
+        self.family = socket.AF_INET
+        self.last_error = ""
+        self.conn: SSL.Connection | None = None
+        self.tcp: socket.socket | None = None
+        self.relay: Relay | None = None
+        self.connect_task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.created = time.monotonic()
+        self.remote = ""
+        self.loop.add_reader(sock.fileno(), self._on_readable)
+
+    # -- I/O on the control connection ---------------------------------------
+    def _on_readable(self) -> None:
+        try:
+            data, anc, flags, _ = self.sock.recvmsg(
+                _RECV_SIZE, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+            )
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                self.fds.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            self._protocol_error(errno.EMSGSIZE, f"more than {MAX_FDS} file descriptors")
+            return
+        if not data:
+            self.close()
+            return
+        try:
+            self.decoder.receive_data(data)
+            for message in self.decoder.messages():
+                self._dispatch(message)
+                if self.closed:
+                    return
+        except FrameError as exc:
+            self._protocol_error(exc.errno_value, str(exc))
+            return
+        if self.fds and not self.decoder.buffered:
+            self._protocol_error(errno.EBADMSG, "file descriptor without a frame that takes it")
+
+    def send(self, message: Message) -> None:
+        if self.closed:
+            return
+        self.out += encode(message)
+        self._flush()
+
+    def _flush(self) -> None:
+        try:
+            while self.out:
+                n = self.sock.send(self.out)
+                del self.out[:n]
+        except (BlockingIOError, InterruptedError):
+            self.loop.add_writer(self.sock.fileno(), self._on_writable)
+            return
+        except OSError:
+            self.close()
+
+    def _on_writable(self) -> None:
+        self.loop.remove_writer(self.sock.fileno())
+        self._flush()
+
+    def _protocol_error(self, code: int, message: str) -> None:
+        log.warning("%s: control protocol error, closing: %s", self._who(), message)
+        self.send(Error(errno=code, message=f"control protocol error: {message}"))
+        self.close()
+
+    def _who(self) -> str:
+        return f"{self.peer.program}[{self.peer.pid}] uid={self.peer.uid}"
+
+    # -- requests -------------------------------------------------------------
+    def _dispatch(self, message: Message) -> None:
+        if not self.hello_done:
+            if not isinstance(message, Hello):
+                raise _Unexpected("the first frame must be HELLO")
+            if not message.version_min <= PROTOCOL_VERSION <= message.version_max:
+                self.send(Error(errno=errno.EPROTONOSUPPORT,
+                                message=f"engine speaks control protocol {PROTOCOL_VERSION}"))
+                self.close()
+                return
+            self.hello_done = True
+            self.send(HelloOk(version=PROTOCOL_VERSION, software=f"ssa-engine {__version__}"))
+            return
+        try:
+            if isinstance(message, SocketRequest):
+                self._on_socket(message)
+            elif isinstance(message, StatusRequest):
+                self._on_status()
+            elif self.state is None:
+                raise ApiError(errno.EBADFD, "SOCKET must come first")
+            elif isinstance(message, SetSockOpt):
+                self._on_setsockopt(message)
+            elif isinstance(message, GetSockOpt):
+                self._on_getsockopt(message)
+            elif isinstance(message, Connect):
+                self._on_connect(message)
+            else:
+                raise _Unexpected(f"{type(message).__name__} is not a request")
+        except ApiError as exc:
+            if exc.errno == errno.EPROTO:
+                self.last_error = exc.message
+            self.send(Error(errno=exc.errno, message=exc.message))
+
+    def _on_socket(self, m: SocketRequest) -> None:
+        if self.state is not None:
+            raise ApiError(errno.EISCONN, "SOCKET already done on this connection")
+        if m.socktype != socket.SOCK_STREAM:
+            raise ApiError(errno.EPROTONOSUPPORT, "IPPROTO_TLS needs SOCK_STREAM")
+        if m.proto != IPPROTO_TLS:
+            raise ApiError(errno.EPROTONOSUPPORT, f"protocol {m.proto} is not IPPROTO_TLS")
+        if m.family not in (socket.AF_INET, socket.AF_INET6, opt.AF_HOSTNAME):
+            raise ApiError(errno.EAFNOSUPPORT, f"address family {m.family} is not supported")
+        self.family = m.family
+        self.socket_id = next(_ids)
+        self.options = SocketOptions(policy=self.engine.policy_for(self.peer))
+        self.state = SocketState.CREATED
+        self.engine.sockets += 1
+        self.send(Ok(socket_id=self.socket_id))
+
+    def _on_status(self) -> None:
+        if self.peer.uid not in (0, os.geteuid()):
+            raise ApiError(errno.EACCES, "status is only for root and the engine's user")
+        self.send(StatusReply(document=json.dumps(self.engine.status())))
+
+    def _require(self, request: Request) -> None:
+        assert self.state is not None
+        code = check(self.state, request)
+        if code is not None:
+            state = self.state.value
+            if code == errno.EBADFD:
+                raise ApiError(code, f"socket unusable after an earlier error: {self.last_error}")
+            raise ApiError(code, f"not valid on a {state} socket")
+
+    def _on_setsockopt(self, m: SetSockOpt) -> None:
+        assert self.options is not None
+        if m.level != IPPROTO_TLS:
+            self._require(Request.SET_TCP_OPTION)
+            self.options.set_tcp(m.level, m.optname, m.value, m.int_value)
+            if self.tcp is not None:
+                _apply_tcp_option(self.tcp, m.level, m.optname, self.options.tcp[(m.level, m.optname)])
+            self.send(Ok())
+            return
+        name, spec = _tls_option(m.optname)
+        if Access.SET not in spec.access:
+            raise ApiError(errno.ENOPROTOOPT, f"TLS_{name.name} can only be read")
+        if not spec.implemented:
+            raise ApiError(errno.ENOPROTOOPT, f"TLS_{name.name} is not supported by this engine yet")
+        self._require(Request.SET_TLS_OPTION)
+        if spec.kind is Kind.INT and m.int_value is None:
+            raise ApiError(errno.EINVAL, f"TLS_{name.name} takes an int value")
+        self.options.set_tls(name, m.value, m.int_value)
+        self.send(Ok())
+
+    def _on_getsockopt(self, m: GetSockOpt) -> None:
+        assert self.options is not None
+        if m.level != IPPROTO_TLS:
+            self._require(Request.GET_CONFIG_OPTION)
+            self.send(Ok(int_value=self._get_tcp_option(m.level, m.optname)))
+            return
+        name, spec = _tls_option(m.optname)
+        if Access.GET not in spec.access:
+            raise ApiError(errno.ENOPROTOOPT, f"TLS_{name.name} can only be set")
+        if not spec.implemented:
+            raise ApiError(errno.ENOPROTOOPT, f"TLS_{name.name} is not supported by this engine yet")
+        if name is TLSOption.ERROR:
+            self._require(Request.GET_ERROR)
+        elif name in _CONNECTION_INFO or (name is TLSOption.ALPN and self.conn is not None):
+            self._require(Request.GET_CONNECTION_OPTION)
+        else:
+            self._require(Request.GET_CONFIG_OPTION)
+        value = self._option_value(name)
+        if isinstance(value, int):
+            self.send(Ok(int_value=value))
+        else:
+            if m.buflen:
+                value = value[: m.buflen]
+            self.send(Ok(value=value))
+
+    def _option_value(self, name: TLSOption) -> int | bytes:
+        o = self.options
+        assert o is not None
+        conn = self.conn
+        if name is TLSOption.REMOTE_HOSTNAME:
+            return (o.remote_hostname or "").encode()
+        if name is TLSOption.ALPN:
+            if conn is not None:
+                return conn.get_alpn_proto_negotiated() or b""
+            return b",".join(o.alpn)
+        if name is TLSOption.VERSION_MIN:
+            return o.settings().min_version
+        if name is TLSOption.VERSION_MAX:
+            return o.settings().max_version
+        if name is TLSOption.TRUSTED_CIPHERS:
+            s = o.settings()
+            return ":".join(s.ciphersuites + s.ciphers).encode()
+        if name is TLSOption.ERROR:
+            return self.last_error.encode()
+        if name is TLSOption.ID:
+            return self.socket_id
+        assert conn is not None
+        if name is TLSOption.PEER_IDENTITY:
+            return fastio.peer_subject_oneline(conn).encode()
+        if name is TLSOption.PEER_CERTIFICATE_CHAIN:
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            chain = conn.get_verified_chain(as_cryptography=True) or []
+            return b"".join(c.public_bytes(Encoding.PEM) for c in chain)
+        if name is TLSOption.CHOSEN_CIPHER:
+            return (conn.get_cipher_name() or "").encode()
+        if name is TLSOption.VERSION_CONN:
+            return {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}.get(conn.get_protocol_version_name(), 0)
+        if name is TLSOption.RESUMED_SESSION:
+            from OpenSSL._util import lib
+
+            return int(lib.SSL_session_reused(conn._ssl))  # noqa: SLF001
+        raise ApiError(errno.ENOPROTOOPT, f"TLS_{name.name} cannot be read")
+
+    def _get_tcp_option(self, level: int, name: int) -> int:
+        assert self.options is not None
+        if (level, name) not in opt.FORWARDED_OPTIONS or name == opt.SO_LINGER:
+            raise ApiError(errno.ENOPROTOOPT, f"socket option ({level}, {name}) is not "
+                           "supported on TLS sockets")
+        if self.tcp is not None:
+            return self.tcp.getsockopt(level, name)
+        value = self.options.tcp.get((level, name), 0)
+        return value if isinstance(value, int) else 0
+
+    # -- connect --------------------------------------------------------------
+    def _on_connect(self, m: Connect) -> None:
+        if not self.fds:
+            raise _Unexpected("CONNECT without its data file descriptor")
+        data_fd = self.fds.popleft()
+        try:
+            data = socket.socket(fileno=data_fd)
+        except OSError:
+            os.close(data_fd)
+            raise ApiError(errno.EINVAL, "the passed file descriptor is not a socket") from None
+        if data.family != socket.AF_UNIX or data.type != socket.SOCK_STREAM:
+            data.close()
+            raise ApiError(errno.EINVAL, "the data descriptor must be a Unix stream socket")
+        try:
+            self._require(Request.CONNECT)
+        except ApiError:
+            data.close()
+            raise
+        data.setblocking(False)
+        self.state = SocketState.CONNECTING
+        self.remote = f"{m.host}:{m.port}"
+        self.connect_task = self.loop.create_task(self._connect(m, data))
+
+    async def _connect(self, m: Connect, data: socket.socket) -> None:
+        try:
+            await self._establish(m)
+        except ApiError as exc:
+            self._connect_failed(exc.errno, exc.message, data, m.filler)
+            return
+        except asyncio.CancelledError:
+            data.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - never let one socket kill the engine
+            log.exception("%s: internal error during connect", self._who())
+            self._connect_failed(errno.EPROTO, f"internal engine error: {type(exc).__name__}",
+                                 data, m.filler)
+            return
+        assert self.conn is not None and self.tcp is not None
+        if self.closed:
+            data.close()
+            return
+        _drain_filler(data, m.filler)
+        local = self.tcp.getsockname()
+        peer = self.tcp.getpeername()
+        self.state = SocketState.CONNECTED
+        self.engine.connected += 1
+        log.info("%s: connected to %s (%s) %s %s", self._who(), self.remote, peer[0],
+                 self.conn.get_protocol_version_name(), self.conn.get_cipher_name())
+        self.send(Connected(local_host=local[0], local_port=local[1],
+                            peer_host=peer[0], peer_port=peer[1]))
+        self.relay = Relay(self.loop, self.conn, self.tcp, data, self._on_stream_end,
+                           self._on_relay_finished)
+        self.relay.start()
+
+    def _connect_failed(self, code: int, message: str, data: socket.socket, filler: int) -> None:
+        log.info("%s: connect to %s failed: %s", self._who(), self.remote, message)
+        self.state = SocketState.BROKEN
+        self.last_error = message
+        if self.tcp is not None:
+            self.tcp.close()
+            self.tcp = None
+        self.conn = None
+        # reply first, then release the data fd: the application learns the
+        # result from the reply by the time its fd becomes writable.
+        self.send(Error(errno=code, message=message))
+        _drain_filler(data, filler)
+        data.close()
+
+    async def _establish(self, m: Connect) -> None:
+        o = self.options
+        assert o is not None
+        policy = o.policy
+        host_is_ip = ip_literal(m.host) is not None
+        verify_name = o.remote_hostname or (None if host_is_ip else m.host.rstrip(".").lower())
+        if verify_name is None:
+            raise ApiError(errno.EPROTO, "connect((ip, port)) needs TLS_REMOTE_HOSTNAME: the "
+                           "engine cannot verify a server without its host name")
+        verify_ip = ip_literal(verify_name)
+        if verify_ip is not None and not policy.verify.allow_ip_names:
+            raise ApiError(errno.EPROTO, f"verifying a server by IP address ({verify_name}) is "
+                           f"not allowed by the {policy.source}; set TLS_REMOTE_HOSTNAME to "
+                           "its host name")
+        try:
+            settings = o.settings()
+            cfg = ClientConfig(settings, policy.verify.trust_store, policy.verify.verify_depth,
+                               tuple(o.extra_trust), o.credentials())
+            ctx = self.engine.contexts.client(cfg)
+        except CredentialError as exc:
+            raise ApiError(errno.EPROTO, str(exc)) from None
+        except SSL.Error as exc:
+            raise ApiError(errno.EPROTO, f"cannot build the TLS context: {exc}") from None
+        self.tcp = await self._tcp_connect(m.host, m.port, policy.handshake_timeout)
+        for (level, name), value in o.tcp.items():
+            _apply_tcp_option(self.tcp, level, name, value)
+        conn = SSL.Connection(ctx, self.tcp)
+        conn.set_connect_state()
+        if verify_ip is None:
+            conn.set_tlsext_host_name(verify_name.encode("ascii"))
+        fastio.set_verify_host(conn, verify_name, verify_ip)
+        if o.alpn:
+            conn.set_alpn_protos(list(o.alpn))
+        self.conn = conn
+        try:
+            async with asyncio.timeout(policy.handshake_timeout):
+                await self._handshake(conn, self.tcp.fileno())
+        except TimeoutError:
+            raise ApiError(errno.ETIMEDOUT, f"TLS handshake timeout: no answer from {self.remote} "
+                           f"within {policy.handshake_timeout:g} s") from None
+        except SSL.Error as exc:
+            raise ApiError(errno.EPROTO, describe_handshake_error(conn, exc, verify_name)) from None
+        code, text = fastio.verify_result(conn)
+        if code != 0:  # defence in depth: VERIFY_PEER already enforces this
+            raise ApiError(errno.EPROTO, f"certificate verification failed: {text}")
+        if o.alpn and not conn.get_alpn_proto_negotiated():
+            # the server ignored ALPN: report it, the application decides
+            pass
+
+    async def _handshake(self, conn: SSL.Connection, fd: int) -> None:
+        while True:
+            try:
+                conn.do_handshake()
+                return
+            except SSL.WantReadError:
+                await _wait(self.loop, fd, write=False)
+            except SSL.WantWriteError:
+                await _wait(self.loop, fd, write=True)
+
+    async def _tcp_connect(self, host: str, port: int, timeout: float) -> socket.socket:
+        family = socket.AF_UNSPEC
+        if self.family == socket.AF_INET6 and ip_literal(host) is not None:
+            family = socket.AF_INET6
+        try:
+            infos = await self.loop.getaddrinfo(host.strip("[]"), port, family=family,
+                                                type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ApiError(errno.EHOSTUNREACH, f"cannot resolve {host!r}: {exc.strerror}") from None
+        # Interleave IPv6 and IPv4 (RFC 8305 section 4) and try them in turn.
+        v6 = [i for i in infos if i[0] == socket.AF_INET6]
+        v4 = [i for i in infos if i[0] == socket.AF_INET]
+        ordered = [x for pair in itertools.zip_longest(v6, v4) for x in pair if x is not None]
+        last: OSError | None = None
+        for fam, stype, proto, _, addr in ordered:
+            sock = socket.socket(fam, stype, proto)
+            sock.setblocking(False)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.loop.sock_connect(sock, addr)
+                return sock
+            except TimeoutError:
+                sock.close()
+                last = OSError(errno.ETIMEDOUT, f"TCP connect to {addr[0]} port {port} timed out")
+            except OSError as exc:
+                sock.close()
+                last = exc
+            except BaseException:
+                sock.close()
+                raise
+        assert last is not None
+        code = last.errno or errno.ECONNREFUSED
+        raise ApiError(code, f"cannot connect to {host} port {port}: "
+                       f"{last.strerror or os.strerror(code)}")
+
+    # -- stream end -----------------------------------------------------------
+    def _on_stream_end(self, code: int, message: str) -> None:
+        if code:
+            self.state = SocketState.BROKEN
+            self.last_error = message
+        else:
+            self.state = SocketState.CLOSED
+        self.send(Closed(errno=code, message=message))
+
+    def _on_relay_finished(self) -> None:
+        if self.state is SocketState.CONNECTED:
+            self.state = SocketState.CLOSED
+        if self.relay is not None:
+            self.engine.bytes_relayed += self.relay.bytes_up + self.relay.bytes_down
+        self.conn = None
+        self.tcp = None
+        if self.closed:
+            self.relay = None
+
+    def close(self) -> None:
+        """The control connection ended (the application closed its socket)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        self.loop.remove_writer(self.sock.fileno())
+        self.sock.close()
+        while self.fds:
+            try:
+                os.close(self.fds.popleft())
+            except OSError:
+                pass
+        if self.connect_task is not None and not self.connect_task.done():
+            self.connect_task.cancel()
+            if self.tcp is not None:
+                self.tcp.close()
+        if self.relay is not None and not self.relay.finished:
+            self.relay.application_closed()
+        self.peer.close()
+        self.engine.session_closed(self)
+
+    def shutdown_engine(self) -> None:
+        """The engine is stopping: end the stream as a reset, never a clean EOF."""
+        if self.relay is not None and not self.relay.finished:
+            self.send(Closed(errno=errno.ECONNRESET, message="the ssa engine stopped"))
+            self.relay.abort("engine stopping")
+        self.close()
+
+
+class _Unexpected(FrameError):
+    errno_value = errno.EBADMSG
+
+
+def _tls_option(optname: int) -> tuple[TLSOption, opt.OptionSpec]:
+    found = opt.lookup(optname)
+    if found is None:
+        raise ApiError(errno.ENOPROTOOPT, f"unknown IPPROTO_TLS option {optname}")
+    return found
+
+
+def _apply_tcp_option(sock: socket.socket, level: int, name: int, value: int | bytes) -> None:
+    try:
+        sock.setsockopt(level, name, value)
+    except OSError as exc:
+        raise ApiError(exc.errno or errno.EINVAL, f"socket option ({level}, {name}): "
+                       f"{exc.strerror}") from None
+
+
+def _drain_filler(data: socket.socket, count: int) -> None:
+    """Discard the filler bytes the library queued to hold its fd unwritable."""
+    while count > 0:
+        try:
+            chunk = data.recv(min(count, 1 << 20))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return
+        if not chunk:
+            return
+        count -= len(chunk)
+
+
+async def _wait(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    if write:
+        loop.add_writer(fd, ready)
+    else:
+        loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)

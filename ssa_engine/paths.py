@@ -1,0 +1,46 @@
+"""Default locations of the configuration, the state and the control socket.
+
+ARCHITECTURE.md section 3 pins these. A leaf module (standard library only)
+so that both the application-side library and the engine can use it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_CONFIG_DIR = "SSA_CONFIG_DIR"
+ENV_STATE_DIR = "SSA_STATE_DIR"
+ENV_ENGINE_SOCKET = "SSA_ENGINE_SOCKET"
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def config_dir() -> Path:
+    if value := os.environ.get(ENV_CONFIG_DIR):
+        return Path(value)
+    if _is_root():
+        return Path("/etc/ssa")
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "ssa"
+
+
+def state_dir() -> Path:
+    if value := os.environ.get(ENV_STATE_DIR):
+        return Path(value)
+    if _is_root():
+        return Path("/var/lib/ssa")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ssa"
+
+
+def engine_socket() -> Path:
+    if value := os.environ.get(ENV_ENGINE_SOCKET):
+        return Path(value)
+    if _is_root():
+        return Path("/run/ssa/engine.sock")
+    if runtime := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(runtime) / "ssa" / "engine.sock"
+    return Path(f"/tmp/ssa-{os.getuid()}") / "engine.sock"

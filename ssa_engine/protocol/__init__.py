@@ -1,0 +1,44 @@
+"""Sans-IO control channel between applications and the engine.
+
+Nothing here imports ``socket``, ``asyncio`` or ``os``: the codec turns bytes
+into messages and back, and both the client library and the engine drive it
+from their own I/O.
+"""
+
+from __future__ import annotations
+
+from .codec import HEADER_SIZE, MAX_PAYLOAD, Decoder, decode_payload, encode
+from .errors import (
+    FrameError,
+    FrameTooLarge,
+    MalformedField,
+    ProtocolError,
+    UnknownMessage,
+    VersionMismatch,
+)
+from .messages import (
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    Closed,
+    Connect,
+    Connected,
+    Error,
+    GetSockOpt,
+    Hello,
+    HelloOk,
+    Message,
+    MessageType,
+    Ok,
+    SetSockOpt,
+    SocketRequest,
+    StatusReply,
+    StatusRequest,
+)
+
+__all__ = [
+    "HEADER_SIZE", "MAX_PAYLOAD", "Decoder", "decode_payload", "encode",
+    "FrameError", "FrameTooLarge", "MalformedField", "ProtocolError", "UnknownMessage",
+    "VersionMismatch", "MIN_PROTOCOL_VERSION", "PROTOCOL_VERSION", "Closed", "Connect",
+    "Connected", "Error", "GetSockOpt", "Hello", "HelloOk", "Message", "MessageType", "Ok",
+    "SetSockOpt", "SocketRequest", "StatusReply", "StatusRequest",
+]
