@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -48,6 +49,9 @@ def _setup_logging(level: str) -> None:
 def serve(
     socket: SocketOption = None,
     level: Annotated[str, typer.Option(help="Security level of the default policy.")] = "default",
+    handshake_timeout: Annotated[
+        float, typer.Option(help="Seconds a TLS handshake may take.", min=0.1, max=3600)
+    ] = 10.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the engine in the foreground (systemd, a terminal, a container)."""
@@ -59,7 +63,7 @@ def serve(
     if level not in LEVELS:
         typer.echo(f"ssa-engine: unknown level {level!r}; one of {', '.join(LEVELS)}", err=True)
         raise typer.Exit(code=2)
-    policy = with_level(DEFAULT_POLICY, level)
+    policy = replace(with_level(DEFAULT_POLICY, level), handshake_timeout=handshake_timeout)
     try:
         run(socket or paths.engine_socket(), policy)
     except EngineError as exc:

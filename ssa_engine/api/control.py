@@ -29,6 +29,10 @@ from ..protocol import (
 REPLY_TIMEOUT = 30.0
 
 
+class ReplyTimeout(TimeoutError):
+    """No reply within the caller's timeout (the engine may still answer later)."""
+
+
 def engine_unreachable(path: Path, exc: OSError) -> OSError:
     code = exc.errno or errno.ECONNREFUSED
     return OSError(
@@ -101,7 +105,7 @@ class ControlChannel:
         while True:
             message = self._next(deadline)
             if message is None:
-                raise TimeoutError("timed out")
+                raise ReplyTimeout("timed out")
             if isinstance(message, Closed):
                 self.closed_event = message
                 continue

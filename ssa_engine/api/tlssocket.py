@@ -32,7 +32,7 @@ from typing import Any
 from ..protocol import Connect, Connected, GetSockOpt, Ok, SetSockOpt, SocketRequest
 from ..protocol import options as opt
 from ..protocol.options import Access, Kind, TLSOption
-from .control import ControlChannel
+from .control import ControlChannel, ReplyTimeout
 
 _NONBLOCK_FLAGS = getattr(_socket, "SOCK_NONBLOCK", 0) | getattr(_socket, "SOCK_CLOEXEC", 0)
 _TLS_FAMILIES = (_socket.AF_INET, _socket.AF_INET6, opt.AF_HOSTNAME)
@@ -177,7 +177,7 @@ class TLSSocket(_socket.socket):
             raise BlockingIOError(errno.EINPROGRESS, "Operation now in progress")
         try:
             self._ssa_result(ctl.reply(timeout=timeout))
-        except TimeoutError:
+        except ReplyTimeout:
             raise TimeoutError("timed out") from None
         except OSError as exc:
             self._ssa_failed(exc)
