@@ -114,7 +114,7 @@ class ControlChannel:
             return message
 
     def poll(self) -> Message | None:
-        """Return a reply that is already there, without blocking."""
+        """Return a reply that is already there, without blocking (ERROR raises)."""
         while True:
             message = self._next(time.monotonic())
             if message is None:
@@ -122,6 +122,8 @@ class ControlChannel:
             if isinstance(message, Closed):
                 self.closed_event = message
                 continue
+            if isinstance(message, Error):
+                raise OSError(message.errno, message.message or os.strerror(message.errno))
             return message
 
     def wait_closed(self, timeout: float) -> Closed | None:

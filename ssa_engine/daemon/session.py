@@ -355,7 +355,6 @@ class Session:
         if self.closed:
             data.close()
             return
-        _drain_filler(data, m.filler)
         local = self.tcp.getsockname()
         peer = self.tcp.getpeername()
         self.state = SocketState.CONNECTED
@@ -364,6 +363,9 @@ class Session:
                  self.conn.get_protocol_version_name(), self.conn.get_cipher_name())
         self.send(Connected(local_host=local[0], local_port=local[1],
                             peer_host=peer[0], peer_port=peer[1]))
+        # the reply is queued first: once the filler is gone and the application's
+        # descriptor turns writable, the result is already there to read.
+        _drain_filler(data, m.filler)
         self.relay = Relay(self.loop, self.conn, self.tcp, data, self._on_stream_end,
                            self._on_relay_finished)
         self.relay.start()
