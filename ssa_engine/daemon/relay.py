@@ -1,12 +1,14 @@
 """The data path: plaintext from the application <-> TLS on the TCP socket.
 
 Theory of operation: pyOpenSSL's Connection sits directly on the non-blocking
-TCP socket (socket BIO), so ciphertext never enters Python. Two preallocated
-buffers carry plaintext: ``up`` (application -> peer) and ``down`` (peer ->
-application). A buffer is either empty or being flushed; while it is being
-flushed the side that fills it is not read (flow control both ways: a slow
-peer stops us reading the application, a slow application stops us reading
-the network). The event loop's add_reader/add_writer drive everything.
+TCP socket (socket BIO), so ciphertext never enters Python. Plaintext moves
+through two engine-wide preallocated buffers, ``up`` (application -> peer) and
+``down`` (peer -> application): the event loop runs one callback at a time, so
+a connection only borrows a shared buffer for the length of one callback.
+When data cannot be passed on at once (the peer or the application is slow),
+the rest is copied into a private buffer that the connection keeps until it
+is flushed, and the side that produced it is not read meanwhile (flow control
+both ways). An idle connection therefore holds no buffer memory at all.
 
 Stream end: the application's EOF (``shutdown(SHUT_WR)`` or close) sends
 close_notify; the peer's close_notify becomes a clean EOF for the application
@@ -42,6 +44,21 @@ _WANT_WRITE = -fastio.WANT_WRITE
 # on_closed(errno, message): errno 0 = clean end of the TLS stream
 ClosedCallback = Callable[[int, str], None]
 
+_shared: dict[str, fastio.Buffer] = {}
+
+
+def _shared_buffer(name: str, size: int) -> fastio.Buffer:
+    buf = _shared.get(name)
+    if buf is None:
+        buf = _shared[name] = fastio.Buffer(size)
+    return buf
+
+
+def _private_copy(buf: fastio.Buffer, start: int, end: int) -> fastio.Buffer:
+    copy = fastio.Buffer(end - start)
+    copy.view[:] = buf.view[start:end]
+    return copy
+
 
 class Relay:
     def __init__(
@@ -61,11 +78,12 @@ class Relay:
         self._app_fd = app.fileno()
         self._on_peer_end = on_peer_end
         self._on_finished = on_finished
-        self.up = fastio.Buffer(UP_BUFFER)
-        self.down = fastio.Buffer(DOWN_BUFFER)
+        # data waiting to go up (to TLS) or down (to the application)
+        self._up: fastio.Buffer | None = None
         self._up_start = self._up_end = 0
+        self._down: fastio.Buffer | None = None
         self._down_start = self._down_end = 0
-        self._down_full = False
+        self._down_more = False  # TLS may hold more plaintext than we took
         self._write_wants_read = False
         self._read_wants_write = False
         self._shutdown_pending = False
@@ -165,11 +183,12 @@ class Relay:
 
     # -- application -> peer --------------------------------------------------
     def _up_pending(self) -> bool:
-        return self._up_start < self._up_end
+        return self._up is not None
 
     def _on_app_readable(self) -> None:
+        buf = _shared_buffer("up", UP_BUFFER)
         try:
-            n = self._app.recv_into(self.up.view)
+            n = self._app.recv_into(buf.view)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -180,30 +199,38 @@ class Relay:
             self._send_close_notify()
             return
         self.bytes_up += n
-        self._up_start, self._up_end = 0, n
-        self._flush_up()
+        self._write_up(buf, 0, n)
 
-    def _flush_up(self) -> None:
+    def _write_up(self, buf: fastio.Buffer, start: int, end: int) -> None:
+        """SSL_write buf[start:end]; keep a private copy of what must wait."""
         try:
-            while self._up_start < self._up_end:
-                r = fastio.ssl_write(self._conn, self.up, self._up_start, self._up_end)
+            while start < end:
+                r = fastio.ssl_write(self._conn, buf, start, end)
                 if r > 0:
-                    self._up_start += r
-                elif r == _WANT_WRITE:
-                    self._app_reading(False)
+                    start += r
+                    continue
+                # OpenSSL wants the same bytes again later (the buffer may move:
+                # SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+                if buf is not self._up:
+                    buf, start, end = _private_copy(buf, start, end), 0, end - start
+                self._up, self._up_start, self._up_end = buf, start, end
+                self._app_reading(False)
+                if r == _WANT_WRITE:
                     self._tcp_writing(True)
-                    return
                 else:  # WANT_READ: a TLS 1.3 key update or similar is in the way
-                    self._app_reading(False)
                     self._write_wants_read = True
                     self._tcp_reading(True)
-                    return
+                return
         except SSL.Error as exc:
             self._fatal(errno.ECONNRESET, f"TLS write failed: {_text(exc)}")
             return
-        self._up_start = self._up_end = 0
+        self._up = None
         if not self.app_eof:
             self._app_reading(True)
+
+    def _flush_up(self) -> None:
+        if self._up is not None:
+            self._write_up(self._up, self._up_start, self._up_end)
 
     def _send_close_notify(self) -> None:
         if self.sent_close_notify or self.finished:
@@ -240,11 +267,12 @@ class Relay:
         self._read_tls()
 
     def _read_tls(self) -> None:
-        while not self.finished and not self.peer_eof and self._down_start == self._down_end:
+        buf = _shared_buffer("down", DOWN_BUFFER)
+        while not self.finished and not self.peer_eof and self._down is None:
             off = 0
             try:
-                while off < self.down.size:
-                    r = fastio.ssl_read(self._conn, self.down, off)
+                while off < buf.size:
+                    r = fastio.ssl_read(self._conn, buf, off)
                     if r > 0:
                         off += r
                     elif r == _WANT_READ:
@@ -256,44 +284,31 @@ class Relay:
             except SSL.ZeroReturnError:
                 self.peer_eof = True
             except SSL.SysCallError as exc:
-                self._deliver_then_fatal(off, errno.ECONNRESET, _reset_text(exc))
+                self._deliver_then_fatal(buf, off, errno.ECONNRESET, _reset_text(exc))
                 return
             except SSL.Error as exc:
-                self._deliver_then_fatal(off, *_classify_read_error(exc))
+                self._deliver_then_fatal(buf, off, *_classify_read_error(exc))
                 return
-            self._down_full = off == self.down.size
+            self._down_more = off == buf.size
             if off:
                 self.bytes_down += off
-                self._down_start, self._down_end = 0, off
-                if not self._flush_down():
+                if not self._send_down(buf, 0, off):
                     return
             if self.peer_eof:
                 self._peer_finished()
                 return
-            if not self._down_full:
+            if not self._down_more:
                 return
 
-    def _deliver_then_fatal(self, off: int, code: int, message: str) -> None:
-        # bytes decrypted before the failure were authentic: hand them over
-        if off:
-            self._down_start, self._down_end = 0, off
-            try:
-                while self._down_start < self._down_end:
-                    self._down_start += self._app.send(
-                        self.down.view[self._down_start : self._down_end]
-                    )
-            except OSError:
-                pass
-        self._fatal(code, message)
-
-    def _flush_down(self) -> bool:
-        """Send buffered plaintext to the application; False if it must wait."""
+    def _send_down(self, buf: fastio.Buffer, start: int, end: int) -> bool:
+        """Send buf[start:end] to the application; False if the rest must wait."""
         try:
-            while self._down_start < self._down_end:
-                self._down_start += self._app.send(
-                    self.down.view[self._down_start : self._down_end]
-                )
+            while start < end:
+                start += self._app.send(buf.view[start:end])
         except (BlockingIOError, InterruptedError):
+            if buf is not self._down:
+                buf, start, end = _private_copy(buf, start, end), 0, end - start
+            self._down, self._down_start, self._down_end = buf, start, end
             self._tcp_reading(False)
             self._app_writing(True)
             return False
@@ -301,14 +316,28 @@ class Relay:
             # the application closed its end: nothing more can be delivered
             self._abort("application stopped reading")
             return False
-        self._down_start = self._down_end = 0
+        self._down = None
         self._app_writing(False)
         if not self.peer_eof:
             self._tcp_reading(True)
         return True
 
+    def _deliver_then_fatal(self, buf: fastio.Buffer, off: int, code: int, message: str) -> None:
+        # bytes decrypted before the failure were authentic: hand them over
+        start = 0
+        try:
+            while start < off:
+                start += self._app.send(buf.view[start:off])
+        except OSError:
+            pass
+        self._fatal(code, message)
+
     def _on_app_writable(self) -> None:
-        if self._flush_down():
+        pending = self._down
+        if pending is None:
+            self._app_writing(False)
+            return
+        if self._send_down(pending, self._down_start, self._down_end):
             if self.peer_eof:
                 self._peer_finished()
             else:
