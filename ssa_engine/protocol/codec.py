@@ -14,13 +14,12 @@ matched to frames by the I/O layer, using :attr:`Message.FD_COUNT`.
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from .errors import FrameTooLarge, MalformedField, UnknownMessage
-from .messages import FIELD_KINDS, MESSAGE_TYPES, FieldKind, FieldTag, Message
+from .messages import MESSAGE_TYPES, FieldKind, FieldTag, Message
 
 #: Security parameter: largest payload accepted in one frame. A trust bundle
 #: sent with TLS_TRUSTED_PEER_CERTIFICATES is the largest legitimate value.
@@ -34,7 +33,6 @@ _HEADER = struct.Struct("!IHH")
 _FIELD = struct.Struct("!HI")
 HEADER_SIZE = _HEADER.size
 
-_UNSIGNED_LIMITS = {FieldKind.U16: 1 << 16, FieldKind.U32: 1 << 32, FieldKind.U64: 1 << 64}
 _INT_FORMATS = {
     FieldKind.U16: struct.Struct("!H"),
     FieldKind.U32: struct.Struct("!I"),
@@ -43,20 +41,26 @@ _INT_FORMATS = {
 }
 
 
-def _encode_value(tag: FieldTag, value: Any) -> bytes:
-    kind = FIELD_KINDS[tag]
-    if kind is FieldKind.BYTES:
+_TAG_VALUES = frozenset(int(t) for t in FieldTag)
+
+
+# Enum members hash in Python code: look formats up by the kind's value.
+_FORMAT_BY_NAME = {kind.value: fmt for kind, fmt in _INT_FORMATS.items()}
+_BYTES, _STR = FieldKind.BYTES, FieldKind.STR
+
+
+def _encode_value(kind: FieldKind, value: Any) -> bytes:
+    if kind is _BYTES:
         return bytes(value)
-    if kind is FieldKind.STR:
+    if kind is _STR:
         return str(value).encode("utf-8")
-    return _INT_FORMATS[kind].pack(value)
+    return _FORMAT_BY_NAME[kind.value].pack(value)
 
 
-def _decode_value(tag: FieldTag, raw: bytes) -> Any:
-    kind = FIELD_KINDS[tag]
-    if kind is FieldKind.BYTES:
+def _decode_value(tag: FieldTag, kind: FieldKind, raw: bytes) -> Any:
+    if kind is _BYTES:
         return raw
-    if kind is FieldKind.STR:
+    if kind is _STR:
         if len(raw) > MAX_STRING:
             raise MalformedField(f"field {tag.name}: string longer than {MAX_STRING} bytes")
         try:
@@ -66,7 +70,7 @@ def _decode_value(tag: FieldTag, raw: bytes) -> Any:
         if "\x00" in text:
             raise MalformedField(f"field {tag.name}: NUL inside a string")
         return text
-    fmt = _INT_FORMATS[kind]
+    fmt = _FORMAT_BY_NAME[kind.value]
     if len(raw) != fmt.size:
         raise MalformedField(f"field {tag.name}: {len(raw)} bytes, expected {fmt.size}")
     return fmt.unpack(raw)[0]
@@ -75,12 +79,11 @@ def _decode_value(tag: FieldTag, raw: bytes) -> Any:
 def encode(message: Message) -> bytes:
     """Serialize one message to a complete frame."""
     parts: list[bytes] = []
-    for f in dataclasses.fields(message):
-        value = getattr(message, f.name)
+    for name, tag, kind in message.WIRE:
+        value = getattr(message, name)
         if value is None:
             continue
-        tag: FieldTag = f.metadata["tag"]
-        raw = _encode_value(tag, value)
+        raw = _encode_value(kind, value)
         parts.append(_FIELD.pack(tag, len(raw)))
         parts.append(raw)
     payload = b"".join(parts)
@@ -89,42 +92,37 @@ def encode(message: Message) -> bytes:
     return _HEADER.pack(len(payload), message.TYPE, 0) + payload
 
 
-def _iter_fields(payload: memoryview) -> Iterator[tuple[FieldTag, bytes]]:
-    offset = 0
-    end = len(payload)
-    while offset < end:
-        if end - offset < _FIELD.size:
-            raise MalformedField("truncated field header")
-        tag_value, length = _FIELD.unpack_from(payload, offset)
-        offset += _FIELD.size
-        if length > end - offset:
-            raise MalformedField(f"field {tag_value}: length {length} runs past the frame")
-        try:
-            tag = FieldTag(tag_value)
-        except ValueError:
-            raise MalformedField(f"unknown field tag {tag_value}") from None
-        yield tag, bytes(payload[offset : offset + length])
-        offset += length
-
-
 def decode_payload(msg_type: int, payload: bytes | memoryview) -> Message:
     """Build the message of type ``msg_type`` from a frame payload."""
     cls = MESSAGE_TYPES.get(msg_type)
     if cls is None:
         raise UnknownMessage(f"unknown message type {msg_type}")
-    by_tag: dict[FieldTag, dataclasses.Field[Any]] = cls.FIELDS_BY_TAG
+    by_tag = cls.WIRE_BY_TAG
     values: dict[str, Any] = {}
-    for tag, raw in _iter_fields(memoryview(payload)):
-        f = by_tag.get(tag)
-        if f is None:
-            raise MalformedField(f"field {tag.name} is not part of {cls.__name__}")
-        if f.name in values:
+    data = bytes(payload)
+    offset = 0
+    end = len(data)
+    while offset < end:
+        if end - offset < _FIELD.size:
+            raise MalformedField("truncated field header")
+        tag_value, length = _FIELD.unpack_from(data, offset)
+        offset += _FIELD.size
+        if length > end - offset:
+            raise MalformedField(f"field {tag_value}: length {length} runs past the frame")
+        spec = by_tag.get(tag_value)
+        if spec is None:
+            if tag_value not in _TAG_VALUES:
+                raise MalformedField(f"unknown field tag {tag_value}")
+            raise MalformedField(f"field {FieldTag(tag_value).name} is not part of {cls.__name__}")
+        name, tag, kind = spec
+        if name in values:
             raise MalformedField(f"field {tag.name} repeated")
-        values[f.name] = _decode_value(tag, raw)
+        values[name] = _decode_value(tag, kind, data[offset : offset + length])
+        offset += length
     try:
-        return cls(**values)
+        return cls(**values)  # type: ignore[no-any-return]
     except TypeError:
-        missing = [f.metadata["tag"].name for f in dataclasses.fields(cls) if f.name not in values]
+        missing = [tag.name for name, tag, _ in cls.WIRE if name not in values]
         raise MalformedField(f"{cls.__name__}: missing field(s) {', '.join(missing)}") from None
     except ValueError as exc:
         raise MalformedField(f"{cls.__name__}: {exc}") from None

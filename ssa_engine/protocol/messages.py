@@ -113,23 +113,29 @@ class Message:
     #: file descriptors that travel with this frame (SCM_RIGHTS)
     FD_COUNT: ClassVar[int] = 0
     FIELDS_BY_TAG: ClassVar[dict[FieldTag, dataclasses.Field[Any]]]
+    #: (attribute, tag, kind) of every field, in declaration order
+    WIRE: ClassVar[tuple[tuple[str, FieldTag, FieldKind], ...]] = ()
+    #: tag number -> (attribute, tag, kind)
+    WIRE_BY_TAG: ClassVar[dict[int, tuple[str, FieldTag, FieldKind]]] = {}
+    #: (attribute, str | bytes | (low, high)): the value check of each field
+    CHECKS: ClassVar[tuple[tuple[str, Any], ...]] = ()
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
+        for name, limits in self.CHECKS:
+            value = getattr(self, name)
             if value is None:
                 continue
-            kind = FIELD_KINDS[f.metadata["tag"]]
-            if kind in _LIMITS:
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f"{f.name} must be an int")
-                low = -_LIMITS[kind] if kind is FieldKind.I64 else 0
-                if not low <= value < _LIMITS[kind]:
-                    raise ValueError(f"{f.name}={value} out of range for {kind.value}")
-            elif kind is FieldKind.STR and not isinstance(value, str):
-                raise ValueError(f"{f.name} must be a str")
-            elif kind is FieldKind.BYTES and not isinstance(value, bytes):
-                raise ValueError(f"{f.name} must be bytes")
+            if limits is str or limits is bytes:
+                if value.__class__ is not limits:
+                    raise ValueError(f"{name} must be {limits.__name__}")
+                continue
+            low, high = limits
+            if value.__class__ is not int and (
+                not isinstance(value, int) or isinstance(value, bool)
+            ):
+                raise ValueError(f"{name} must be an int")
+            if not low <= value < high:
+                raise ValueError(f"{name}={value} out of range [{low}, {high})")
 
 
 MESSAGE_TYPES: dict[int, type[Any]] = {}
@@ -137,8 +143,23 @@ MESSAGE_TYPES: dict[int, type[Any]] = {}
 
 def _register(cls: type[Any]) -> type[Any]:
     MESSAGE_TYPES[cls.TYPE] = cls
-    cls.FIELDS_BY_TAG = {f.metadata["tag"]: f for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    cls.FIELDS_BY_TAG = {f.metadata["tag"]: f for f in fields}
+    cls.WIRE = tuple(
+        (f.name, f.metadata["tag"], FIELD_KINDS[f.metadata["tag"]]) for f in fields
+    )
+    cls.WIRE_BY_TAG = {int(tag): (name, tag, kind) for name, tag, kind in cls.WIRE}
+    cls.CHECKS = tuple((name, _check_for(kind)) for name, _, kind in cls.WIRE)
     return cls
+
+
+def _check_for(kind: FieldKind) -> Any:
+    if kind is FieldKind.STR:
+        return str
+    if kind is FieldKind.BYTES:
+        return bytes
+    limit = _LIMITS[kind]
+    return (-limit if kind is FieldKind.I64 else 0, limit)
 
 
 @_register
