@@ -84,7 +84,7 @@ def status(
     try:
         ctl = ControlChannel(path)
         try:
-            reply = ctl.request(StatusRequest(), timeout=10)
+            reply = ctl.open(StatusRequest())
         finally:
             ctl.close()
     except OSError as exc:

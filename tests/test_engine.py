@@ -148,7 +148,7 @@ def test_status_is_refused_to_other_users() -> None:
             "from ssa_engine.api.control import ControlChannel\n"
             "from ssa_engine.protocol import StatusRequest\n"
             "ctl = ControlChannel(%r)\n"
-            "try:\n ctl.request(StatusRequest())\nexcept OSError as e: print(e.errno)\n"
+            "try:\n ctl.open(StatusRequest())\nexcept OSError as e: print(e.errno)\n"
             % (str(REPO), str(eng.socket))
         )
         if not os.path.exists("/usr/bin/python3"):

@@ -61,14 +61,21 @@ class ControlChannel:
         self.closed_event: Closed | None = None
         self.engine_gone = False
         self._pending: list[Message] = []
+    def open(self, first: Message | None = None) -> Message | None:
+        """HELLO, pipelined with ``first`` (one wake-up of the engine for both).
+
+        Returns the reply to ``first``; raises OSError if either fails.
+        """
+        hello = encode(Hello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION))
         try:
-            reply = self.request(Hello(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION))
+            self.sock.sendall(hello + (encode(first) if first is not None else b""))
+            reply = self.reply()
+            if not isinstance(reply, HelloOk):
+                raise OSError(errno.EPROTO, f"unexpected answer from the engine: {reply!r}")
+            return self.reply() if first is not None else None
         except BaseException:
-            sock.close()
+            self.sock.close()
             raise
-        if not isinstance(reply, HelloOk):
-            sock.close()
-            raise OSError(errno.EPROTO, f"unexpected answer from the engine: {reply!r}")
 
     def close(self) -> None:
         self.sock.close()
@@ -155,8 +162,10 @@ class ControlChannel:
                               "(it stopped or restarted)")
             if deadline is not None:
                 remaining = deadline - time.monotonic()
-                r, _, _ = select.select([self.sock], [], [], max(remaining, 0))
-                if not r:
+                # poll, not select: applications may hold more than 1024 descriptors
+                poller = select.poll()
+                poller.register(self.sock, select.POLLIN)
+                if not poller.poll(max(remaining, 0) * 1000):
                     return None
             try:
                 data = self.sock.recv(65536)

@@ -97,8 +97,8 @@ class TLSSocket(_socket.socket):
             raise OSError(errno.EAFNOSUPPORT, f"address family {family} is not supported "
                           "with IPPROTO_TLS")
         ctl = ControlChannel(engine_socket)
+        reply = ctl.open(SocketRequest(int(family), _socket.SOCK_STREAM, opt.IPPROTO_TLS))
         try:
-            reply = ctl.request(SocketRequest(int(family), _socket.SOCK_STREAM, opt.IPPROTO_TLS))
             assert isinstance(reply, Ok)
             self._ssa_id = reply.socket_id or 0
             app_end, engine_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)

@@ -444,14 +444,18 @@ class Session:
                 await _wait(self.loop, fd, write=True)
 
     async def _tcp_connect(self, host: str, port: int, timeout: float) -> socket.socket:
-        family = socket.AF_UNSPEC
-        if self.family == socket.AF_INET6 and ip_literal(host) is not None:
-            family = socket.AF_INET6
-        try:
-            infos = await self.loop.getaddrinfo(host.strip("[]"), port, family=family,
-                                                type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise ApiError(errno.EHOSTUNREACH, f"cannot resolve {host!r}: {exc.strerror}") from None
+        literal = ip_literal(host)
+        if literal is not None:  # no resolver round trip for an address
+            fam = socket.AF_INET6 if len(literal) == 16 else socket.AF_INET
+            addr: tuple[object, ...] = (host.strip("[]"), port) if fam == socket.AF_INET else (
+                host.strip("[]"), port, 0, 0)
+            infos = [(fam, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", addr)]
+        else:
+            try:
+                infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                raise ApiError(errno.EHOSTUNREACH,
+                               f"cannot resolve {host!r}: {exc.strerror}") from None
         # Interleave IPv6 and IPv4 (RFC 8305 section 4) and try them in turn.
         v6 = [i for i in infos if i[0] == socket.AF_INET6]
         v4 = [i for i in infos if i[0] == socket.AF_INET]
