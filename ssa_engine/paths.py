@@ -44,3 +44,18 @@ def engine_socket() -> Path:
     if runtime := os.environ.get("XDG_RUNTIME_DIR"):
         return Path(runtime) / "ssa" / "engine.sock"
     return Path(f"/tmp/ssa-{os.getuid()}") / "engine.sock"
+
+
+SYSTEM_ENGINE_SOCKET = Path("/run/ssa/engine.sock")
+
+
+def client_socket() -> Path:
+    """The engine an application talks to.
+
+    Like :func:`engine_socket`, except that a non-root program with no engine
+    of its own uses the system engine (``/run/ssa/engine.sock``) when one runs.
+    """
+    path = engine_socket()
+    if os.environ.get(ENV_ENGINE_SOCKET) or _is_root() or path.exists():
+        return path
+    return SYSTEM_ENGINE_SOCKET if SYSTEM_ENGINE_SOCKET.exists() else path

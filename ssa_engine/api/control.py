@@ -16,6 +16,8 @@ from ..protocol import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Closed,
+    Connected,
+    ConnectFailed,
     Decoder,
     Error,
     FrameError,
@@ -45,7 +47,7 @@ def engine_unreachable(path: Path, exc: OSError) -> OSError:
 
 class ControlChannel:
     def __init__(self, path: Path | str | None = None) -> None:
-        self.path = Path(path) if path is not None else paths.engine_socket()
+        self.path = Path(path) if path is not None else paths.client_socket()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.connect(str(self.path))
@@ -59,8 +61,9 @@ class ControlChannel:
         self.decoder = Decoder()
         #: the CLOSED event, once the engine has sent it
         self.closed_event: Closed | None = None
+        #: CONNECTED or CONNECT_FAILED, once the engine has sent it
+        self.connect_result: Connected | ConnectFailed | None = None
         self.engine_gone = False
-        self._pending: list[Message] = []
     def open(self, first: Message | None = None) -> Message | None:
         """HELLO, pipelined with ``first`` (one wake-up of the engine for both).
 
@@ -70,7 +73,9 @@ class ControlChannel:
         try:
             self.sock.sendall(hello + (encode(first) if first is not None else b""))
             reply = self.reply()
-            if not isinstance(reply, HelloOk):
+            if not isinstance(reply, HelloOk) or not (
+                MIN_PROTOCOL_VERSION <= reply.version <= PROTOCOL_VERSION
+            ):
                 raise OSError(errno.EPROTO, f"unexpected answer from the engine: {reply!r}")
             return self.reply() if first is not None else None
         except BaseException:
@@ -106,32 +111,45 @@ class ControlChannel:
         return self.reply(timeout)
 
     # -- receiving --------------------------------------------------------------
+    def _absorb(self, message: Message) -> bool:
+        """Record an event or a connect result; False for an ordinary reply."""
+        if isinstance(message, Closed):
+            self.closed_event = message
+            return True
+        if isinstance(message, Connected | ConnectFailed):
+            self.connect_result = message
+            return True
+        return False
+
     def reply(self, timeout: float | None = REPLY_TIMEOUT) -> Message:
-        """Wait for the next reply (events are recorded on the way)."""
+        """Wait for the reply to the last request (events are recorded on the way)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             message = self._next(deadline)
             if message is None:
                 raise ReplyTimeout("timed out")
-            if isinstance(message, Closed):
-                self.closed_event = message
+            if self._absorb(message):
                 continue
             if isinstance(message, Error):
                 raise OSError(message.errno, message.message or os.strerror(message.errno))
             return message
 
-    def poll(self) -> Message | None:
-        """Return a reply that is already there, without blocking (ERROR raises)."""
-        while True:
-            message = self._next(time.monotonic())
+    def wait_connect(self, timeout: float | None) -> Connected | ConnectFailed:
+        """Wait for the result of the CONNECT that was sent."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.connect_result is None:
+            message = self._next(deadline)
             if message is None:
-                return None
-            if isinstance(message, Closed):
-                self.closed_event = message
-                continue
-            if isinstance(message, Error):
-                raise OSError(message.errno, message.message or os.strerror(message.errno))
-            return message
+                raise ReplyTimeout("timed out")
+            if not self._absorb(message):
+                raise OSError(errno.EPROTO, f"unexpected frame from the engine: {message!r}")
+        return self.connect_result
+
+    def poll(self) -> None:
+        """Take in whatever events and results have arrived, without blocking."""
+        while (message := self._next(time.monotonic())) is not None:
+            if not self._absorb(message):
+                raise OSError(errno.EPROTO, f"unexpected frame from the engine: {message!r}")
 
     def wait_closed(self, timeout: float) -> Closed | None:
         """The CLOSED event, waiting at most ``timeout`` seconds for it."""
@@ -140,15 +158,11 @@ class ControlChannel:
             message = self._next(deadline)
             if message is None:
                 break
-            if isinstance(message, Closed):
-                self.closed_event = message
-            else:
-                self._pending.append(message)
+            if not self._absorb(message):
+                raise OSError(errno.EPROTO, f"unexpected frame from the engine: {message!r}")
         return self.closed_event
 
     def _next(self, deadline: float | None) -> Message | None:
-        if self._pending:
-            return self._pending.pop(0)
         while True:
             try:
                 message = self.decoder.next_message()

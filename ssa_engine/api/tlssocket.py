@@ -29,7 +29,7 @@ import socket as _socket
 import struct
 from typing import Any
 
-from ..protocol import Connect, Connected, GetSockOpt, Ok, SetSockOpt, SocketRequest
+from ..protocol import Connect, Connected, ConnectFailed, GetSockOpt, Ok, SetSockOpt, SocketRequest
 from ..protocol import options as opt
 from ..protocol.options import Access, Kind, TLSOption
 from .control import ControlChannel, ReplyTimeout
@@ -176,12 +176,10 @@ class TLSSocket(_socket.socket):
         if timeout == 0.0:
             raise BlockingIOError(errno.EINPROGRESS, "Operation now in progress")
         try:
-            self._ssa_result(ctl.reply(timeout=timeout))
+            result = ctl.wait_connect(timeout)
         except ReplyTimeout:
             raise TimeoutError("timed out") from None
-        except OSError as exc:
-            self._ssa_failed(exc)
-            raise
+        self._ssa_result(result)
 
     def connect_ex(self, address: Any) -> int:  # type: ignore[override]
         try:
@@ -202,9 +200,13 @@ class TLSSocket(_socket.socket):
             except (BlockingIOError, InterruptedError):
                 return total
 
-    def _ssa_result(self, reply: Any) -> None:
-        if not isinstance(reply, Connected):
-            raise OSError(errno.EPROTO, f"unexpected answer from the engine: {reply!r}")
+    def _ssa_result(self, reply: Connected | ConnectFailed) -> None:
+        """Apply the connect result; raise its error if it failed."""
+        if isinstance(reply, ConnectFailed):
+            exc = OSError(reply.errno, reply.message or os.strerror(reply.errno))
+            self._ssa_failed(exc)
+            self._ssa_so_error = reply.errno
+            raise exc
         self._ssa_state = _CONNECTED
         self._ssa_peer = _addr(reply.peer_host, reply.peer_port)
         self._ssa_local = _addr(reply.local_host, reply.local_port)
@@ -217,20 +219,24 @@ class TLSSocket(_socket.socket):
         """Fetch the result of a pending non-blocking connect, if it is there."""
         ctl = self._control()
         try:
-            reply = ctl.reply(timeout=None) if blocking else ctl.poll()
+            if blocking:
+                ctl.wait_connect(None)
+            else:
+                ctl.poll()
         except OSError as exc:
             self._ssa_failed(exc)
             self._ssa_so_error = exc.errno or errno.EPROTO
             raise
-        if reply is not None:
-            self._ssa_result(reply)
+        if ctl.connect_result is not None and self._ssa_state == _CONNECTING:
+            self._ssa_result(ctl.connect_result)
 
     def ssa_finish_connect(self) -> None:
         """After a non-blocking connect became writable: return or raise its result."""
         if self._ssa_state == _CONNECTING:
             self._ssa_collect_connect(blocking=True)
         elif self._ssa_state == _BROKEN:
-            raise OSError(self._ssa_so_error or errno.EBADFD, self._ssa_error)
+            code, self._ssa_so_error = self._ssa_so_error, 0
+            raise OSError(code or errno.EBADFD, self._ssa_error)
 
     # -- options --------------------------------------------------------------
     def setsockopt(self, level: int, optname: int, value: Any,  # type: ignore[override]
@@ -510,8 +516,8 @@ def _parse_address(address: Any) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise OverflowError("connect(): port must be 1-65535.")
     host = host.rstrip("\x00")
-    if not host:
-        raise OSError(errno.EINVAL, "empty host name")
+    if not host or "\x00" in host:
+        raise OSError(errno.EINVAL, "empty host name, or a NUL inside it")
     return host, port
 
 

@@ -126,21 +126,21 @@ class SocketOptions:
         else:  # pragma: no cover - the caller checks the table first
             raise ApiError(errno.ENOPROTOOPT, f"option {name.name} cannot be set")
 
-    def set_tcp(self, level: int, name: int, value: bytes | None, number: int | None) -> None:
+    def check_tcp(self, level: int, name: int, value: bytes | None,
+                  number: int | None) -> int | bytes:
+        """Validate a forwarded SOL_SOCKET/IPPROTO_TCP option; return its value."""
         if (level, name) not in opt.FORWARDED_OPTIONS:
             raise ApiError(errno.ENOPROTOOPT, f"socket option ({level}, {name}) is not "
                            "supported on TLS sockets")
         if name == opt.SO_LINGER and level == opt.SOL_SOCKET:
             if value is None or len(value) != 8:
                 raise ApiError(errno.EINVAL, "SO_LINGER takes an 8-byte struct linger")
-            self.tcp[(level, name)] = value
-        else:
-            if number is None:
-                if value is not None and len(value) == 4:
-                    number = struct.unpack("=i", value)[0]
-                else:
-                    raise ApiError(errno.EINVAL, "this socket option takes an int")
-            self.tcp[(level, name)] = number
+            return value
+        if number is None:
+            if value is not None and len(value) == 4:
+                return int(struct.unpack("=i", value)[0])
+            raise ApiError(errno.EINVAL, "this socket option takes an int")
+        return number
 
     # -- reading ------------------------------------------------------------------
     def settings(self) -> TLSSettings:

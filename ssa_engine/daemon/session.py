@@ -25,9 +25,11 @@ from OpenSSL import SSL
 from .. import __version__
 from ..protocol import (
     PROTOCOL_VERSION,
+    REQUEST_TYPES,
     Closed,
     Connect,
     Connected,
+    ConnectFailed,
     Decoder,
     Error,
     FrameError,
@@ -159,6 +161,8 @@ class Session:
 
     # -- requests -------------------------------------------------------------
     def _dispatch(self, message: Message) -> None:
+        if message.TYPE not in REQUEST_TYPES:
+            raise _Unexpected(f"{type(message).__name__} is not a request")
         if not self.hello_done:
             if not isinstance(message, Hello):
                 raise _Unexpected("the first frame must be HELLO")
@@ -169,6 +173,18 @@ class Session:
                 return
             self.hello_done = True
             self.send(HelloOk(version=PROTOCOL_VERSION, software=f"ssa-engine {__version__}"))
+            return
+        if isinstance(message, Hello):
+            raise _Unexpected("HELLO sent twice")
+        if isinstance(message, Connect):
+            # the connect result always comes as CONNECTED or CONNECT_FAILED, so
+            # that it cannot be mistaken for the reply to a later request
+            try:
+                self._on_connect(message)
+            except ApiError as exc:
+                if exc.errno == errno.EPROTO:
+                    self.last_error = exc.message
+                self.send(ConnectFailed(errno=exc.errno, message=exc.message))
             return
         try:
             if isinstance(message, SocketRequest):
@@ -181,14 +197,15 @@ class Session:
                 self._on_setsockopt(message)
             elif isinstance(message, GetSockOpt):
                 self._on_getsockopt(message)
-            elif isinstance(message, Connect):
-                self._on_connect(message)
-            else:
-                raise _Unexpected(f"{type(message).__name__} is not a request")
         except ApiError as exc:
             if exc.errno == errno.EPROTO:
                 self.last_error = exc.message
             self.send(Error(errno=exc.errno, message=exc.message))
+        except FrameError:
+            raise
+        except Exception:  # noqa: BLE001 - one bad request must not leave the app waiting
+            log.exception("%s: internal error handling %s", self._who(), type(message).__name__)
+            self.send(Error(errno=errno.EPROTO, message="internal engine error"))
 
     def _on_socket(self, m: SocketRequest) -> None:
         if self.state is not None:
@@ -224,9 +241,10 @@ class Session:
         assert self.options is not None
         if m.level != IPPROTO_TLS:
             self._require(Request.SET_TCP_OPTION)
-            self.options.set_tcp(m.level, m.optname, m.value, m.int_value)
+            value = self.options.check_tcp(m.level, m.optname, m.value, m.int_value)
             if self.tcp is not None:
-                _apply_tcp_option(self.tcp, m.level, m.optname, self.options.tcp[(m.level, m.optname)])
+                _apply_tcp_option(self.tcp, m.level, m.optname, value)
+            self.options.tcp[(m.level, m.optname)] = value
             self.send(Ok())
             return
         name, spec = _tls_option(m.optname)
@@ -319,6 +337,9 @@ class Session:
         if not self.fds:
             raise _Unexpected("CONNECT without its data file descriptor")
         data_fd = self.fds.popleft()
+        if self.state is None:
+            os.close(data_fd)
+            raise ApiError(errno.EBADFD, "SOCKET must come first")
         try:
             data = socket.socket(fileno=data_fd)
         except OSError:
@@ -380,7 +401,7 @@ class Session:
         self.conn = None
         # reply first, then release the data fd: the application learns the
         # result from the reply by the time its fd becomes writable.
-        self.send(Error(errno=code, message=message))
+        self.send(ConnectFailed(errno=code, message=message))
         _drain_filler(data, filler)
         data.close()
 
@@ -389,7 +410,11 @@ class Session:
         assert o is not None
         policy = o.policy
         host_is_ip = ip_literal(m.host) is not None
-        verify_name = o.remote_hostname or (None if host_is_ip else m.host.rstrip(".").lower())
+        verify_name = o.remote_hostname
+        if verify_name is None and not host_is_ip:
+            verify_name = m.host.rstrip(".").lower()
+        if verify_name is None and policy.verify.allow_ip_names:
+            verify_name = m.host.strip("[]")  # the policy lets IP certificates verify
         if verify_name is None:
             raise ApiError(errno.EPROTO, "connect((ip, port)) needs TLS_REMOTE_HOSTNAME: the "
                            "engine cannot verify a server without its host name")
@@ -496,7 +521,7 @@ class Session:
             self.state = SocketState.CLOSED
         if self.relay is not None:
             self.engine.bytes_relayed += self.relay.bytes_up + self.relay.bytes_down
-        self.conn = None
+        # self.conn stays: connection information remains readable after the end
         self.tcp = None
         if self.closed:
             self.relay = None

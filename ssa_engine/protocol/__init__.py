@@ -17,11 +17,14 @@ from .errors import (
     VersionMismatch,
 )
 from .messages import (
+    MAX_STRING,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
+    REQUEST_TYPES,
     Closed,
     Connect,
     Connected,
+    ConnectFailed,
     Error,
     GetSockOpt,
     Hello,
@@ -36,9 +39,11 @@ from .messages import (
 )
 
 __all__ = [
+    "MAX_STRING", "REQUEST_TYPES",
     "HEADER_SIZE", "MAX_PAYLOAD", "Decoder", "decode_payload", "encode",
     "FrameError", "FrameTooLarge", "MalformedField", "ProtocolError", "UnknownMessage",
     "VersionMismatch", "MIN_PROTOCOL_VERSION", "PROTOCOL_VERSION", "Closed", "Connect",
-    "Connected", "Error", "GetSockOpt", "Hello", "HelloOk", "Message", "MessageType", "Ok",
+    "ConnectFailed", "Connected", "Error", "GetSockOpt", "Hello", "HelloOk", "Message",
+    "MessageType", "Ok",
     "SetSockOpt", "SocketRequest", "StatusReply", "StatusRequest",
 ]

@@ -19,13 +19,11 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from .errors import FrameTooLarge, MalformedField, UnknownMessage
-from .messages import MESSAGE_TYPES, FieldKind, FieldTag, Message
+from .messages import MAX_STRING, MESSAGE_TYPES, FieldKind, FieldTag, Message
 
 #: Security parameter: largest payload accepted in one frame. A trust bundle
 #: sent with TLS_TRUSTED_PEER_CERTIFICATES is the largest legitimate value.
 MAX_PAYLOAD = 4 * 1024 * 1024
-#: Security parameter: largest single string field (host names, messages).
-MAX_STRING = 64 * 1024
 #: Security parameter: most bytes the decoder buffers before a frame completes.
 MAX_BUFFER = MAX_PAYLOAD + 8
 
@@ -140,9 +138,11 @@ class Decoder:
         """Append bytes read from the connection."""
         self._buffer += data
         if len(self._buffer) >= HEADER_SIZE:
-            length = _HEADER.unpack_from(self._buffer)[0]
+            length, msg_type, _ = _HEADER.unpack_from(self._buffer)
             if length > self.max_payload:
                 raise FrameTooLarge(f"frame of {length} bytes exceeds {self.max_payload}")
+            if msg_type not in MESSAGE_TYPES:  # refuse before buffering its payload
+                raise UnknownMessage(f"unknown message type {msg_type}")
 
     @property
     def buffered(self) -> int:

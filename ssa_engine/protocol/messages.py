@@ -12,6 +12,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+#: Security parameter: largest single string field (host names, messages).
+MAX_STRING = 64 * 1024
+
 #: Control protocol versions this code speaks.
 PROTOCOL_VERSION = 1
 MIN_PROTOCOL_VERSION = 1
@@ -30,6 +33,7 @@ class MessageType(enum.IntEnum):
     OK = 33  #: engine -> app: request succeeded, optional value
     ERROR = 34  #: engine -> app: request failed with an errno and a message
     CONNECTED = 35  #: engine -> app: the CONNECT finished, handshake verified
+    CONNECT_FAILED = 36  #: engine -> app: the CONNECT failed (errno and reason)
     CLOSED = 48  #: engine -> app: event, the TLS stream ended (clean or not)
     STATUS_REPLY = 49  #: engine -> app: status document (JSON text)
 
@@ -117,17 +121,27 @@ class Message:
     WIRE: ClassVar[tuple[tuple[str, FieldTag, FieldKind], ...]] = ()
     #: tag number -> (attribute, tag, kind)
     WIRE_BY_TAG: ClassVar[dict[int, tuple[str, FieldTag, FieldKind]]] = {}
-    #: (attribute, str | bytes | (low, high)): the value check of each field
-    CHECKS: ClassVar[tuple[tuple[str, Any], ...]] = ()
+    #: (attribute, str | bytes | (low, high), may be None): each field's check
+    CHECKS: ClassVar[tuple[tuple[str, Any, bool], ...]] = ()
 
     def __post_init__(self) -> None:
-        for name, limits in self.CHECKS:
+        for name, limits, optional in self.CHECKS:
             value = getattr(self, name)
             if value is None:
+                if optional:
+                    continue
+                raise ValueError(f"{name} is required")
+            if limits is str:
+                if value.__class__ is not str:
+                    raise ValueError(f"{name} must be str")
+                if "\x00" in value:
+                    raise ValueError(f"{name} contains NUL")
+                if len(value) > MAX_STRING // 4 and len(value.encode("utf-8")) > MAX_STRING:
+                    raise ValueError(f"{name} is longer than {MAX_STRING} bytes")
                 continue
-            if limits is str or limits is bytes:
-                if value.__class__ is not limits:
-                    raise ValueError(f"{name} must be {limits.__name__}")
+            if limits is bytes:
+                if value.__class__ is not bytes:
+                    raise ValueError(f"{name} must be bytes")
                 continue
             low, high = limits
             if value.__class__ is not int and (
@@ -140,6 +154,12 @@ class Message:
 
 MESSAGE_TYPES: dict[int, type[Any]] = {}
 
+#: message types an application may send (the rest are the engine's)
+REQUEST_TYPES = frozenset(
+    {MessageType.HELLO, MessageType.SOCKET, MessageType.SETSOCKOPT, MessageType.GETSOCKOPT,
+     MessageType.CONNECT, MessageType.STATUS}
+)
+
 
 def _register(cls: type[Any]) -> type[Any]:
     MESSAGE_TYPES[cls.TYPE] = cls
@@ -149,7 +169,10 @@ def _register(cls: type[Any]) -> type[Any]:
         (f.name, f.metadata["tag"], FIELD_KINDS[f.metadata["tag"]]) for f in fields
     )
     cls.WIRE_BY_TAG = {int(tag): (name, tag, kind) for name, tag, kind in cls.WIRE}
-    cls.CHECKS = tuple((name, _check_for(kind)) for name, _, kind in cls.WIRE)
+    optional = {f.name for f in fields if f.default is None}
+    cls.CHECKS = tuple(
+        (name, _check_for(kind), name in optional) for name, _, kind in cls.WIRE
+    )
     return cls
 
 
@@ -262,6 +285,14 @@ class Connected(Message):
     local_port: int = _f(FieldTag.LOCAL_PORT)
     peer_host: str = _f(FieldTag.PEER_HOST)
     peer_port: int = _f(FieldTag.PEER_PORT)
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class ConnectFailed(Message):
+    TYPE = MessageType.CONNECT_FAILED
+    errno: int = _f(FieldTag.ERRNO)
+    message: str = _f(FieldTag.MESSAGE, "")
 
 
 @_register
