@@ -9,8 +9,9 @@ Throughput: one stream of ``--size-mib`` MiB (default 512) written 16 KiB at a
 time, timed from the end of the handshake until the sink confirms it has read
 every byte, by
 
-* a C OpenSSL client (``tls_sink client``): the sink's ceiling, to show that the
-  sink is not what limits the others;
+* a C OpenSSL client (``tls_sink client``), to show what the sink takes from a
+  client with no Python in it (with the sink's own CPU use, the evidence that
+  the sink is not what limits the others);
 * an in-process stdlib ``ssl`` client on uvloop: **the reference** (1.0);
 * an in-process pyOpenSSL client (blocking socket);
 * the application's TLS socket through a private ssa engine
@@ -535,7 +536,7 @@ class Contender:
 
 
 CONTENDERS = (
-    Contender("c", "C OpenSSL client (sink ceiling)", stream_c, None),
+    Contender("c", "C client (system OpenSSL)", stream_c, None),
     Contender("uvloop", "stdlib ssl on uvloop (reference)", stream_uvloop, None),
     Contender("pyopenssl", "pyOpenSSL in process", stream_pyopenssl, None),
     Contender("ssa", "app -> ssa engine", stream_ssa, "engine"),
@@ -686,8 +687,22 @@ def machine_info() -> dict[str, str]:
         "pyOpenSSL's OpenSSL (engine, pyOpenSSL client)":
             SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(),
         "stunnel": next((line for line in stunnel if line.startswith("stunnel ")), "?"),
+        "ssa source": source_version(),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
+
+
+def source_version() -> str:
+    """The commit of the engine under test, marked dirty if the tree has edits."""
+    import ssa_engine
+
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=START_TIMEOUT,
+                             cwd=Path(ssa_engine.__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return out.stdout.strip() or "?"
 
 
 def per_mb(cpu_seconds: float, size: int) -> float:
@@ -904,4 +919,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (TimeoutError, RuntimeError, subprocess.SubprocessError) as exc:
+        sys.exit(f"relay bench: {exc}")

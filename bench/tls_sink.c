@@ -6,7 +6,7 @@
  *                                     kernel, printed on stdout), serve forever
  *   tls_sink client PORT CAFILE BYTES [--no-ack]
  *                                     send BYTES in 16 KiB writes, print the
- *                                     seconds taken (the sink's ceiling)
+ *                                     seconds taken
  *
  * Protocol of one connection (client -> server): an 8-byte big-endian length
  * N, then N bytes. The server discards them, answers with the same 8-byte
@@ -180,7 +180,7 @@ static int run_server(const char *cert, const char *key) {
     return 0;
 }
 
-/* ---- client (the sink's ceiling) ----------------------------------------- */
+/* ---- client: a stream with no Python in the way --------------------------- */
 
 static double now(void) {
     struct timespec ts;
