@@ -31,7 +31,7 @@ from typing import Any
 
 from ..protocol import Connect, Connected, ConnectFailed, GetSockOpt, Ok, SetSockOpt, SocketRequest
 from ..protocol import options as opt
-from ..protocol.options import Access, Kind, TLSOption
+from ..protocol.options import TLSOption
 from .control import ControlChannel, ReplyTimeout
 
 _NONBLOCK_FLAGS = getattr(_socket, "SOCK_NONBLOCK", 0) | getattr(_socket, "SOCK_CLOEXEC", 0)
@@ -255,9 +255,9 @@ class TLSSocket(_socket.socket):
             if found is None:
                 raise OSError(errno.ENOPROTOOPT, f"unknown IPPROTO_TLS option {optname}")
             name, spec = found
-            if Access.SET not in spec.access:
+            if not spec.settable:
                 raise OSError(errno.ENOPROTOOPT, f"TLS_{name.name} can only be read")
-            if spec.kind is Kind.INT:
+            if spec.is_int:
                 message = SetSockOpt(level, optname, int_value=_int_value(name, value))
             else:
                 message = SetSockOpt(level, optname, value=_bytes_value(name, value))
@@ -284,7 +284,7 @@ class TLSSocket(_socket.socket):
             if found is None:
                 raise OSError(errno.ENOPROTOOPT, f"unknown IPPROTO_TLS option {optname}")
             name, spec = found
-            if Access.GET not in spec.access:
+            if not spec.gettable:
                 raise OSError(errno.ENOPROTOOPT, f"TLS_{name.name} can only be set")
             if name is TLSOption.ERROR and self._ssa_state == _CONNECTING:
                 self._ssa_poll_connect()

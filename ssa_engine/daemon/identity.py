@@ -10,28 +10,55 @@ that the process is still the same one (see :meth:`PeerIdentity.still_alive`).
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
-from dataclasses import dataclass
 
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 _UCRED = struct.Struct("3i")
 
 
-@dataclass(frozen=True, slots=True)
 class PeerIdentity:
-    pid: int
-    uid: int
-    gid: int
-    exe: str | None  # resolved executable path, None if unreadable
-    comm: str | None  # program name the kernel reports
-    pidfd: int | None
+    """The process behind one control connection.
+
+    ``exe`` and ``comm`` are read from /proc on first use (not every socket
+    needs them); the pidfd check then guarantees they describe the process
+    that connected, not a later one that got the same pid.
+    """
+
+    __slots__ = ("pid", "uid", "gid", "pidfd", "_proc")
+
+    def __init__(self, pid: int, uid: int, gid: int, pidfd: int | None) -> None:
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+        self.pidfd = pidfd
+        self._proc: tuple[str | None, str | None] | None = None
+
+    def _load(self) -> tuple[str | None, str | None]:
+        if self._proc is None:
+            exe, comm = _read_proc(self.pid)
+            if self.pidfd is not None and _exited(self.pidfd):
+                exe = comm = None  # the pid may belong to another process now
+            self._proc = (exe, comm)
+        return self._proc
+
+    @property
+    def exe(self) -> str | None:
+        """Resolved executable path, None if unreadable."""
+        return self._load()[0]
+
+    @property
+    def comm(self) -> str | None:
+        """Program name the kernel reports."""
+        return self._load()[1]
 
     @property
     def program(self) -> str:
-        if self.exe:
-            return os.path.basename(self.exe)
-        return self.comm or f"pid {self.pid}"
+        exe, comm = self._load()
+        if exe:
+            return os.path.basename(exe)
+        return comm or f"pid {self.pid}"
 
     def close(self) -> None:
         if self.pidfd is not None:
@@ -39,6 +66,17 @@ class PeerIdentity:
                 os.close(self.pidfd)
             except OSError:
                 pass
+            self.pidfd = None
+
+
+def _exited(pidfd: int) -> bool:
+    """A pidfd polls readable once its process has exited."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    try:
+        return bool(poller.poll(0))
+    except OSError:
+        return False
 
 
 def _read_proc(pid: int) -> tuple[str | None, str | None]:
@@ -65,17 +103,4 @@ def peer_identity(sock: socket.socket) -> PeerIdentity:
         pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
     except OSError:
         pidfd = None
-    exe, comm = _read_proc(pid)
-    if pidfd is not None:
-        # the pid may have been recycled between connect and our /proc read:
-        # a pidfd that is already signalled means the original process died.
-        try:
-            import select
-
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            if poller.poll(0):
-                exe, comm = None, None
-        except OSError:
-            pass
-    return PeerIdentity(pid, uid, gid, exe, comm, pidfd)
+    return PeerIdentity(pid, uid, gid, pidfd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import re
 import struct
 from dataclasses import dataclass, field
@@ -82,8 +83,7 @@ class SocketOptions:
                     f"TLS_TRUSTED_PEER_CERTIFICATES: the {self.policy.source} does not let "
                     "this program add trusted certificates",
                 )
-            certs = _certs(value, "TLS_TRUSTED_PEER_CERTIFICATES")
-            self.extra_trust += [c.public_bytes(serialization.Encoding.DER) for c in certs]
+            self.extra_trust += _der(_certs(value, "TLS_TRUSTED_PEER_CERTIFICATES"))
         elif name is TLSOption.CERTIFICATE_CHAIN:
             chain = _certs(value, "TLS_CERTIFICATE_CHAIN")
             if self.key_pem is not None and not key_matches(chain, self.key_pem):
@@ -202,3 +202,8 @@ def _policy_call(fn, *args):  # type: ignore[no-untyped-def]
         raise ApiError(errno.EPROTO, str(exc)) from None
     except InvalidSetting as exc:
         raise ApiError(errno.EINVAL, str(exc)) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _der(certs: tuple[x509.Certificate, ...]) -> tuple[bytes, ...]:
+    return tuple(c.public_bytes(serialization.Encoding.DER) for c in certs)

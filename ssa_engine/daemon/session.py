@@ -45,7 +45,7 @@ from ..protocol import (
     encode,
 )
 from ..protocol import options as opt
-from ..protocol.options import IPPROTO_TLS, Access, Kind, TLSOption
+from ..protocol.options import IPPROTO_TLS, TLSOption
 from ..protocol.states import Request, SocketState, check
 from . import fastio
 from .identity import PeerIdentity
@@ -248,12 +248,12 @@ class Session:
             self.send(Ok())
             return
         name, spec = _tls_option(m.optname)
-        if Access.SET not in spec.access:
+        if not spec.settable:
             raise ApiError(errno.ENOPROTOOPT, f"TLS_{name.name} can only be read")
         if not spec.implemented:
             raise ApiError(errno.ENOPROTOOPT, f"TLS_{name.name} is not supported by this engine yet")
         self._require(Request.SET_TLS_OPTION)
-        if spec.kind is Kind.INT and m.int_value is None:
+        if spec.is_int and m.int_value is None:
             raise ApiError(errno.EINVAL, f"TLS_{name.name} takes an int value")
         self.options.set_tls(name, m.value, m.int_value)
         self.send(Ok())
@@ -265,7 +265,7 @@ class Session:
             self.send(Ok(int_value=self._get_tcp_option(m.level, m.optname)))
             return
         name, spec = _tls_option(m.optname)
-        if Access.GET not in spec.access:
+        if not spec.gettable:
             raise ApiError(errno.ENOPROTOOPT, f"TLS_{name.name} can only be set")
         if not spec.implemented:
             raise ApiError(errno.ENOPROTOOPT, f"TLS_{name.name} is not supported by this engine yet")

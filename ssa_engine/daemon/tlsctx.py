@@ -7,8 +7,9 @@ per-connection parts (host name, SNI, ALPN) are set on the Connection.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import ipaddress
+import socket
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -37,7 +38,9 @@ class Credentials:
     digest: str
 
 
+@functools.lru_cache(maxsize=64)
 def parse_certificates(pem: bytes, what: str) -> tuple[x509.Certificate, ...]:
+    """Parse PEM certificates (cached: programs send the same CA file every time)."""
     try:
         certs = x509.load_pem_x509_certificates(pem)
     except ValueError as exc:
@@ -157,9 +160,10 @@ def build_client_context(cfg: ClientConfig) -> SSL.Context:
 
 def ip_literal(host: str) -> bytes | None:
     """Packed address if ``host`` is an IP literal, else None."""
+    bare = host.strip("[]")
     try:
-        return ipaddress.ip_address(host.strip("[]")).packed
-    except ValueError:
+        return socket.inet_pton(socket.AF_INET6 if ":" in bare else socket.AF_INET, bare)
+    except (OSError, ValueError):
         return None
 
 

@@ -10,7 +10,7 @@ way on both sides (``ENOPROTOOPT``).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: ``socket(AF_INET, SOCK_STREAM, IPPROTO_TLS)``
 IPPROTO_TLS = 205
@@ -76,6 +76,15 @@ class OptionSpec:
     #: False while the engine does not implement the option yet; it is then
     #: refused with ENOPROTOOPT and a message saying so, never ignored.
     implemented: bool = True
+    # plain booleans for the hot path (Flag operations are slow)
+    settable: bool = field(init=False)
+    gettable: bool = field(init=False)
+    is_int: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settable", Access.SET in self.access)
+        object.__setattr__(self, "gettable", Access.GET in self.access)
+        object.__setattr__(self, "is_int", self.kind is Kind.INT)
 
 
 _I, _B = Kind.INT, Kind.BYTES
@@ -155,10 +164,9 @@ FORWARDED_OPTIONS: frozenset[tuple[int, int]] = frozenset(
 )
 
 
+_BY_NUMBER: dict[int, tuple[TLSOption, OptionSpec]] = {int(o): (o, s) for o, s in OPTIONS.items()}
+
+
 def lookup(optname: int) -> tuple[TLSOption, OptionSpec] | None:
     """Return the option and its spec, or None for an unknown number."""
-    try:
-        opt = TLSOption(optname)
-    except ValueError:
-        return None
-    return opt, OPTIONS[opt]
+    return _BY_NUMBER.get(optname)
