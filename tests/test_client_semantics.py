@@ -255,3 +255,17 @@ def test_asyncio_refusal(pki, ssl_server) -> None:
         assert e.value.errno == errno.EPROTO and "expired" in str(e.value)
 
     asyncio.run(main())
+
+
+def test_batched_options_raise_the_first_error_in_order(pki) -> None:
+    with ssa_engine.socket() as s:
+        with pytest.raises(OSError) as e:
+            s.ssa_setsockopts([
+                (IPPROTO_TLS, ssa_engine.TLS_REMOTE_HOSTNAME, "example.com"),
+                (IPPROTO_TLS, ssa_engine.TLS_VERSION_MIN, 0x0301),  # EINVAL
+                (IPPROTO_TLS, ssa_engine.TLS_ALPN, "h2"),
+            ])
+        assert e.value.errno == errno.EINVAL
+        # the options around the failing one were applied, as with separate calls
+        assert s.getsockopt(IPPROTO_TLS, ssa_engine.TLS_REMOTE_HOSTNAME) == b"example.com"
+        assert s.getsockopt(IPPROTO_TLS, ssa_engine.TLS_ALPN) == b"h2"

@@ -110,6 +110,31 @@ class ControlChannel:
         self.send(message, fds)
         return self.reply(timeout)
 
+    def request_many(self, messages: Sequence[Message]) -> None:
+        """Send several requests in one write, then read every reply.
+
+        Raises the first failure, after all replies are read so that the
+        conversation stays in step.
+        """
+        try:
+            self.sock.sendall(b"".join(encode(m) for m in messages))
+        except (BrokenPipeError, ConnectionResetError):
+            self.engine_gone = True
+            raise OSError(errno.ECONNRESET, "the ssa engine closed the control connection "
+                          "(it stopped or restarted)") from None
+        first: OSError | None = None
+        for _ in messages:
+            try:
+                self.reply()
+            except ReplyTimeout:
+                raise
+            except OSError as exc:
+                if exc.errno in (errno.ECONNRESET,) and self.engine_gone:
+                    raise
+                first = first or exc
+        if first is not None:
+            raise first
+
     # -- receiving --------------------------------------------------------------
     def _absorb(self, message: Message) -> bool:
         """Record an event or a connect result; False for an ordinary reply."""

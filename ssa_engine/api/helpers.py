@@ -44,17 +44,19 @@ def configure(
     keyfile: PathOrPem | None = None,
     alpn: Sequence[str] | None = None,
 ) -> None:
-    """Apply the helper keyword arguments as the matching TLS options."""
+    """Apply the helper keyword arguments as the matching TLS options (one round trip)."""
+    options: list[tuple[int, int, Any]] = []
     if hostname is not None:
-        sock.setsockopt(opt.IPPROTO_TLS, TLS_REMOTE_HOSTNAME, hostname)
+        options.append((opt.IPPROTO_TLS, TLS_REMOTE_HOSTNAME, hostname))
     if cafile is not None:
-        sock.setsockopt(opt.IPPROTO_TLS, TLS_TRUSTED_PEER_CERTIFICATES, cafile)
+        options.append((opt.IPPROTO_TLS, TLS_TRUSTED_PEER_CERTIFICATES, cafile))
     if certfile is not None:
-        sock.setsockopt(opt.IPPROTO_TLS, TLS_CERTIFICATE_CHAIN, certfile)
+        options.append((opt.IPPROTO_TLS, TLS_CERTIFICATE_CHAIN, certfile))
     if keyfile is not None:
-        sock.setsockopt(opt.IPPROTO_TLS, TLS_PRIVATE_KEY, keyfile)
+        options.append((opt.IPPROTO_TLS, TLS_PRIVATE_KEY, keyfile))
     if alpn:
-        sock.setsockopt(opt.IPPROTO_TLS, TLS_ALPN, ",".join(alpn))
+        options.append((opt.IPPROTO_TLS, TLS_ALPN, ",".join(alpn)))
+    sock.ssa_setsockopts(options)
 
 
 def create_connection(

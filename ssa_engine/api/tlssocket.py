@@ -239,6 +239,20 @@ class TLSSocket(_socket.socket):
             raise OSError(code or errno.EBADFD, self._ssa_error)
 
     # -- options --------------------------------------------------------------
+    def ssa_setsockopts(self, options: list[tuple[int, int, Any]]) -> None:
+        """Set several options with one round trip to the engine.
+
+        The same checks and errors as calling :meth:`setsockopt` for each, in
+        order; the first failure is raised (later options are still applied).
+        """
+        if not self._tls:
+            for level, optname, value in options:
+                self.setsockopt(level, optname, value)
+            return
+        messages = [self._ssa_setsockopt_message(lv, name, v) for lv, name, v in options]
+        if messages:
+            self._control().request_many(messages)
+
     def setsockopt(self, level: int, optname: int, value: Any,  # type: ignore[override]
                    optlen: int | None = None) -> None:
         if level == _socket.IPPROTO_TCP and optname == opt.TCP_UPGRADE_TLS:
@@ -249,7 +263,12 @@ class TLSSocket(_socket.socket):
             if optlen is None:
                 return super().setsockopt(level, optname, value)
             return super().setsockopt(level, optname, value, optlen)
-        ctl = self._control()
+        self._control().request(self._ssa_setsockopt_message(level, optname, value))
+
+    def _ssa_setsockopt_message(self, level: int, optname: int, value: Any) -> SetSockOpt:
+        if level == _socket.IPPROTO_TCP and optname == opt.TCP_UPGRADE_TLS:
+            raise OSError(errno.ENOPROTOOPT, "TCP_UPGRADE_TLS (STARTTLS upgrade) is not "
+                          "supported by this version yet")
         if level == opt.IPPROTO_TLS:
             found = opt.lookup(optname)
             if found is None:
@@ -258,15 +277,11 @@ class TLSSocket(_socket.socket):
             if not spec.settable:
                 raise OSError(errno.ENOPROTOOPT, f"TLS_{name.name} can only be read")
             if spec.is_int:
-                message = SetSockOpt(level, optname, int_value=_int_value(name, value))
-            else:
-                message = SetSockOpt(level, optname, value=_bytes_value(name, value))
-        else:
-            if value is None or isinstance(value, bool | int):
-                message = SetSockOpt(level, optname, int_value=int(value or 0))
-            else:
-                message = SetSockOpt(level, optname, value=bytes(value))
-        ctl.request(message)
+                return SetSockOpt(level, optname, int_value=_int_value(name, value))
+            return SetSockOpt(level, optname, value=_bytes_value(name, value))
+        if value is None or isinstance(value, bool | int):
+            return SetSockOpt(level, optname, int_value=int(value or 0))
+        return SetSockOpt(level, optname, value=bytes(value))
 
     def getsockopt(self, level: int, optname: int,  # type: ignore[override]
                    buflen: int | None = None) -> Any:
