@@ -33,7 +33,7 @@ from ssa_engine import IPPROTO_TLS
 
 
 def make_certs(directory: Path) -> tuple[Path, Path, Path]:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ssa demo CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)

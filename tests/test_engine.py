@@ -144,12 +144,11 @@ def test_status_is_refused_to_other_users() -> None:
     eng = EngineProcess(run_dir)
     try:
         code = (
-            "import sys; sys.path.insert(0, %r)\n"
+            f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
             "from ssa_engine.api.control import ControlChannel\n"
             "from ssa_engine.protocol import StatusRequest\n"
-            "ctl = ControlChannel(%r)\n"
+            f"ctl = ControlChannel({str(eng.socket)!r})\n"
             "try:\n ctl.open(StatusRequest())\nexcept OSError as e: print(e.errno)\n"
-            % (str(REPO), str(eng.socket))
         )
         if not os.path.exists("/usr/bin/python3"):
             pytest.skip("no system python to run as another user")
