@@ -3,7 +3,9 @@
 (a) every valid message survives encode -> any chunking -> decode;
 (b) the decoder, fed anything in any chunking, yields messages or raises a
     documented ProtocolError, never anything else;
-(c) the option table agrees with the numbers pinned in ARCHITECTURE.md
+(c) the sending side: any values given to a message class are refused
+    (ValueError) or produce a frame that decodes to an equal message;
+(d) the option table agrees with the numbers pinned in ARCHITECTURE.md
     section 4 and with docs/protocol.md.
 """
 
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 
 from ssa_engine.protocol import (
     HEADER_SIZE,
+    MAX_STRING,
     Connect,
     Decoder,
     Hello,
@@ -30,8 +33,12 @@ from ssa_engine.protocol import (
     encode,
 )
 from ssa_engine.protocol import options as opt
-from ssa_engine.protocol.codec import MAX_STRING
-from ssa_engine.protocol.errors import ERRNO_MEANINGS, FrameError, ProtocolError
+from ssa_engine.protocol.errors import (
+    ERRNO_MEANINGS,
+    FrameError,
+    ProtocolError,
+    UnknownMessage,
+)
 from ssa_engine.protocol.messages import FIELD_KINDS, MESSAGE_TYPES, FieldKind, FieldTag
 from ssa_engine.protocol.options import OPTIONS, Access, Kind, TLSOption
 
@@ -226,21 +233,109 @@ def test_any_header(length: int, msg_type: int, reserved: int, tail: bytes) -> N
         assert reserved == 0 and length <= len(tail) and msg_type in MESSAGE_TYPES
 
 
+_UNKNOWN_TYPES = st.integers(0, 0xFFFF).filter(lambda t: t not in MESSAGE_TYPES)
+
+
 @FUZZ
-@given(st.sampled_from([FieldTag.HOST, FieldTag.MESSAGE, FieldTag.DOCUMENT]),
-       st.integers(MAX_STRING - 2, MAX_STRING + 2))
-def test_string_limit_boundary(tag: FieldTag, size: int) -> None:
+@given(_UNKNOWN_TYPES, st.integers(0, 0xFFFFFFFF), st.integers(0, 0xFFFF),
+       st.lists(st.integers(1, 7), max_size=4))
+def test_unknown_type_never_waits_for_its_payload(msg_type: int, length: int, reserved: int,
+                                                  cuts: list[int]) -> None:
+    """The 8 header bytes alone, in any chunking, are enough to refuse the frame."""
+    header = struct.pack("!IHH", length, msg_type, reserved)
+    decoder = Decoder()
+    with pytest.raises(FrameError) as info:
+        for chunk in chunked(header, cuts):
+            decoder.receive_data(chunk)
+            assert decoder.next_message() is None
+    # an oversize length is reported first; otherwise the type
+    assert isinstance(info.value, UnknownMessage) or length > decoder.max_payload
+
+
+def _with_field(cls: type[Message], tag: FieldTag, raw: bytes) -> bytes:
+    """A frame of ``cls`` whose ``tag`` field carries ``raw``, built without the encoder."""
+    payload = b""
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        ftag = f.metadata["tag"]
+        if ftag == tag:
+            value = raw
+        elif f.default is not dataclasses.MISSING:
+            continue
+        elif FIELD_KINDS[ftag] is FieldKind.STR:
+            value = b"x"
+        else:
+            value = (1).to_bytes({FieldKind.U16: 2, FieldKind.U32: 4}[FIELD_KINDS[ftag]], "big")
+        payload += struct.pack("!HI", ftag, len(value)) + value
+    return struct.pack("!IHH", len(payload), cls.TYPE, 0) + payload
+
+
+@FUZZ
+@given(st.sampled_from([FieldTag.HOST, FieldTag.MESSAGE, FieldTag.DOCUMENT, FieldTag.SOFTWARE,
+                        FieldTag.LOCAL_HOST]),
+       st.integers(MAX_STRING - 2, MAX_STRING + 2), st.sampled_from(["y", "é", "\u20ac"]))
+def test_string_limit_boundary(tag: FieldTag, size: int, char: str) -> None:
+    """Both sides draw the line at MAX_STRING bytes of UTF-8, wherever the field is."""
     cls = next(c for c in MESSAGE_TYPES.values() if tag in c.FIELDS_BY_TAG)
-    fields = {f.name: 1 for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
-    fields.update({f.name: "x" for f in dataclasses.fields(cls)
-                   if FIELD_KINDS[f.metadata["tag"]] is FieldKind.STR})
-    fields[cls.FIELDS_BY_TAG[tag].name] = "y" * size
-    frame = encode(cls(**fields))
-    messages = assert_only_documented_errors([frame])
+    name = cls.FIELDS_BY_TAG[tag].name
+    unit = len(char.encode())
+    text = char * (size // unit) + "y" * (size % unit)  # exactly ``size`` bytes
+    assert len(text.encode()) == size
+    messages = assert_only_documented_errors([_with_field(cls, tag, text.encode())])
     assert bool(messages) == (size <= MAX_STRING)
+    (short,) = feed([_with_field(cls, tag, b"x")])
+    if messages:
+        assert getattr(messages[0], name) == text
+        assert messages[0] == dataclasses.replace(short, **{name: text})  # type: ignore[type-var]
+    else:
+        with pytest.raises(ValueError, match="longer than"):
+            dataclasses.replace(short, **{name: text})  # type: ignore[type-var]
 
 
-# -- (c) option table ------------------------------------------------------------------
+# -- (c) the sending side ---------------------------------------------------------------
+
+# anything a caller might pass: right and wrong types, out-of-range numbers,
+# NUL, lone surrogates, strings around MAX_STRING, None
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(1 << 70), 1 << 70),
+    st.sampled_from([0, 1, -1, (1 << 16) - 1, 1 << 16, (1 << 32) - 1, 1 << 32, (1 << 63) - 1,
+                     1 << 63, -(1 << 63), -(1 << 63) - 1, (1 << 64) - 1, 1 << 64]),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),  # any code point: NUL and surrogates included
+    st.sampled_from(["", "\x00", "a\x00b", "\ud800", "x" * MAX_STRING, "x" * (MAX_STRING + 1),
+                     "é" * (MAX_STRING // 2), "é" * (MAX_STRING // 2 + 1)]),
+    st.binary(max_size=20),
+    st.builds(bytearray, st.binary(max_size=4)),
+)
+
+
+@settings(FUZZ, max_examples=300)
+@given(st.sampled_from(list(MESSAGE_TYPES.values())), st.data())
+def test_whatever_is_built_and_encoded_decodes_equal(cls: type[Message], data: st.DataObject) -> None:
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        valid = _KIND_VALUES[FIELD_KINDS[f.metadata["tag"]]]
+        kwargs[f.name] = data.draw(st.one_of(valid, _ANY_VALUE), label=f.name)
+    try:
+        message = cls(**kwargs)
+    except ValueError:
+        return  # refused when built
+    try:
+        frame = encode(message)
+    except ValueError:  # a lone surrogate: UnicodeEncodeError
+        assert any(isinstance(v, str) and _has_surrogate(v) for v in kwargs.values())
+        return
+    except ProtocolError:  # FrameTooLarge
+        return
+    assert feed([frame]) == [message]
+
+
+def _has_surrogate(text: str) -> bool:
+    return any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+
+
+# -- (d) option table ------------------------------------------------------------------
 
 #: ARCHITECTURE.md section 4, pinned: "numbered as the SSA reference
 #: implementation numbers them". Do not derive this from the code.
@@ -287,6 +382,10 @@ def test_every_option_has_a_spec() -> None:
     for option, spec in OPTIONS.items():
         assert isinstance(spec.kind, Kind)
         assert spec.access in (Access.SET, Access.GET, Access.BOTH), option
+        # the engine's hot path reads these plain booleans: they must agree
+        assert spec.settable is (Access.SET in spec.access), option
+        assert spec.gettable is (Access.GET in spec.access), option
+        assert spec.is_int is (spec.kind is Kind.INT), option
     # read-only information is never settable
     for option in (TLSOption.PEER_IDENTITY, TLSOption.PEER_CERTIFICATE_CHAIN, TLSOption.ID,
                    TLSOption.TRUSTED_CIPHERS, TLSOption.CHOSEN_CIPHER, TLSOption.ERROR,
