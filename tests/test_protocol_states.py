@@ -590,9 +590,6 @@ def test_engine_version_mismatch(raw) -> None:  # type: ignore[no-untyped-def]
     assert isinstance(error, Error) and error.errno == errno.EPROTONOSUPPORT
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a forwarded SOL_SOCKET/IPPROTO_TCP option "
-                   "with an INT_VALUE outside the C int range is accepted, and fails later as "
-                   "'internal engine error' (docs/protocol.md section 16 item 6)")
 def test_engine_refuses_forwarded_int_out_of_range(raw) -> None:  # type: ignore[no-untyped-def]
     conn = raw()
     _socket_ready(conn)
@@ -605,10 +602,6 @@ def test_engine_refuses_forwarded_int_out_of_range(raw) -> None:  # type: ignore
 # -- the reference client against a misbehaving engine --------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="client bug: ControlChannel._next calls "
-                   "Decoder.receive_data outside its FrameError handler, so an unknown type or "
-                   "an oversize length at the head of the buffer escapes as UnknownMessage / "
-                   "FrameTooLarge instead of OSError(EPROTO) (docs/protocol.md section 16 item 7)")
 @pytest.mark.parametrize("bad", [struct.pack("!IHH", 4, 99, 0) + b"xxxx",
                                  struct.pack("!IHH", 0xFFFFFFFF, 33, 0)],
                          ids=["unknown-type", "oversize"])

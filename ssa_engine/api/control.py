@@ -215,4 +215,8 @@ class ControlChannel:
             if not data:
                 self.engine_gone = True
                 continue
-            self.decoder.receive_data(data)
+            try:
+                self.decoder.receive_data(data)
+            except FrameError as exc:
+                self.engine_gone = True
+                raise OSError(errno.EPROTO, f"bad frame from the engine: {exc}") from None

@@ -164,11 +164,15 @@ class TLSSocket(_socket.socket):
                           f"{self._ssa_error}")
         host, port = _parse_address(address)
         timeout = self.gettimeout()
+        try:
+            request = Connect(host=host, port=port)
+        except ValueError as exc:
+            raise OSError(errno.EINVAL, f"cannot connect to this host: {exc}") from None
         filler = self._ssa_fill() if timeout == 0.0 else 0
         pair = self._ssa_pair
         assert pair is not None
         try:
-            ctl.send(Connect(host=host, port=port, filler=filler), [pair.fileno()])
+            ctl.send(Connect(host=request.host, port=port, filler=filler), [pair.fileno()])
         finally:
             pair.close()
             self._ssa_pair = None
@@ -531,8 +535,12 @@ def _parse_address(address: Any) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise OverflowError("connect(): port must be 1-65535.")
     host = host.rstrip("\x00")
-    if not host or "\x00" in host:
-        raise OSError(errno.EINVAL, "empty host name, or a NUL inside it")
+    if not host or "\x00" in host or len(host) > 1024:
+        raise OSError(errno.EINVAL, "empty or over-long host name, or a NUL inside it")
+    try:
+        host.encode("utf-8")
+    except UnicodeError:
+        raise OSError(errno.EINVAL, "the host name is not valid Unicode") from None
     return host, port
 
 

@@ -140,6 +140,8 @@ class SocketOptions:
             if value is not None and len(value) == 4:
                 return int(struct.unpack("=i", value)[0])
             raise ApiError(errno.EINVAL, "this socket option takes an int")
+        if not -(1 << 31) <= number < (1 << 31):
+            raise ApiError(errno.EINVAL, f"socket option value {number} does not fit a C int")
         return number
 
     # -- reading ------------------------------------------------------------------

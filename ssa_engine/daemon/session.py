@@ -60,6 +60,9 @@ log = logging.getLogger("ssa.session")
 
 #: Security parameter: most file descriptors accepted in one recvmsg.
 MAX_FDS = 4
+#: Security parameter: reply bytes queued for a client before its requests
+#: are no longer read.
+MAX_QUEUED_REPLIES = 256 * 1024
 _RECV_SIZE = 256 * 1024
 _ids = itertools.count(1)
 
@@ -81,6 +84,7 @@ class Session:
         self.decoder = Decoder()
         self.fds: deque[int] = deque()
         self.out = bytearray()
+        self.reading_paused = False
         self.hello_done = False
         self.state: SocketState | None = None
         self.socket_id = 0
@@ -143,6 +147,11 @@ class Session:
                 del self.out[:n]
         except (BlockingIOError, InterruptedError):
             self.loop.add_writer(self.sock.fileno(), self._on_writable)
+            if len(self.out) > MAX_QUEUED_REPLIES and not self.reading_paused:
+                # a client that sends requests but reads no replies: stop
+                # reading its requests until it catches up (bounded memory)
+                self.reading_paused = True
+                self.loop.remove_reader(self.sock.fileno())
             return
         except OSError:
             self.close()
@@ -150,6 +159,9 @@ class Session:
     def _on_writable(self) -> None:
         self.loop.remove_writer(self.sock.fileno())
         self._flush()
+        if not self.out and self.reading_paused and not self.closed:
+            self.reading_paused = False
+            self.loop.add_reader(self.sock.fileno(), self._on_readable)
 
     def _protocol_error(self, code: int, message: str) -> None:
         log.warning("%s: control protocol error, closing: %s", self._who(), message)

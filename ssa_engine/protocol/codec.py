@@ -158,6 +158,8 @@ class Decoder:
             raise FrameTooLarge(f"frame of {length} bytes exceeds {self.max_payload}")
         if reserved != 0:
             raise MalformedField("reserved header bits are not zero")
+        if msg_type not in MESSAGE_TYPES:  # before waiting for its payload
+            raise UnknownMessage(f"unknown message type {msg_type}")
         end = HEADER_SIZE + length
         if len(self._buffer) < end:
             return None

@@ -1,0 +1,186 @@
+"""Server-side TLS: contexts for a listener and certificate selection by SNI.
+
+A listener may hold several certificate chains (each TLS_CERTIFICATE_CHAIN is
+paired with the next TLS_PRIVATE_KEY). Chains for the same set of names go
+into one OpenSSL context, so an RSA and an ECDSA chain for one name are both
+served and OpenSSL picks by the client's signature algorithms. The SNI
+callback then chooses the context: exact name first, then a wildcard
+(``*.example.com`` matches exactly one label), then the first configured
+chain (the paper's rule). A listener restricted with TLS_HOSTNAME answers any
+other SNI with an ``unrecognized_name`` alert.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi, lib
+
+from ..policy import TLS_1_2, TLSSettings
+from . import fastio
+from .tlsctx import Credentials
+
+log = logging.getLogger("ssa.server")
+
+_PROTO = {0x0303: SSL.TLS1_2_VERSION, 0x0304: SSL.TLS1_3_VERSION}
+_TLSEXT_ERR_OK = 0
+_TLSEXT_ERR_ALERT_FATAL = 2  # OpenSSL sends the alert preset for SNI: unrecognized_name
+
+
+def certificate_names(cert: x509.Certificate) -> list[str]:
+    """DNS names a certificate is valid for (SAN, else the CN), lower case."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        names = san.value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = [a.value for a in cert.subject.get_attributes_for_oid(
+            x509.oid.NameOID.COMMON_NAME) if isinstance(a.value, str)]
+    return [n.lower().rstrip(".") for n in names]
+
+
+def key_kind(cert: x509.Certificate) -> str:
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return "rsa"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ec"
+    return type(key).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    settings: TLSSettings
+    credentials: tuple[Credentials, ...]
+    #: 0 no client certificates, 1 require a verified one, 2 request one
+    client_auth: int = 0
+    client_trust: tuple[bytes, ...] = ()  # DER trust anchors for client certificates
+    client_trust_store: str | None = None  # a PEM bundle file from the policy
+    alpn: tuple[bytes, ...] = ()
+    only_name: str | None = None  # TLS_HOSTNAME
+
+
+@dataclass
+class _Group:
+    names: frozenset[str]
+    ctx: SSL.Context
+    kinds: list[str] = field(default_factory=list)
+
+
+class ServerContexts:
+    """The contexts of one listener and the SNI choice between them."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        if not cfg.credentials:
+            raise ValueError("no certificate: set TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY")
+        self.cfg = cfg
+        self.groups: list[_Group] = []
+        for cred in cfg.credentials:
+            names = frozenset(certificate_names(cred.chain[0]))
+            kind = key_kind(cred.chain[0])
+            group = next((g for g in self.groups if g.names == names and kind not in g.kinds),
+                         None)
+            if group is None:
+                group = _Group(names, self._new_context())
+                self.groups.append(group)
+            _add_credentials(group.ctx, cred)
+            group.kinds.append(kind)
+        self.default = self.groups[0].ctx
+        self._callback = ffi.callback("int (*)(SSL *, int *, void *)", self._on_servername)
+        for g in self.groups:
+            lib.SSL_CTX_set_tlsext_servername_callback(g.ctx._context, self._callback)  # noqa: SLF001
+
+    def _new_context(self) -> SSL.Context:
+        cfg, s = self.cfg, self.cfg.settings
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(_PROTO[s.min_version])
+        ctx.set_max_proto_version(_PROTO[s.max_version])
+        ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
+                        | SSL.OP_CIPHER_SERVER_PREFERENCE)
+        ctx.clear_mode(lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
+        ctx.set_mode(lib.SSL_MODE_RELEASE_BUFFERS)
+        if s.min_version <= TLS_1_2 and s.ciphers:
+            ctx.set_cipher_list(f"{':'.join(s.ciphers)}:@SECLEVEL={s.seclevel}".encode())
+        else:
+            ctx.set_cipher_list(f"DEFAULT:@SECLEVEL={s.seclevel}".encode())
+        ctx.set_tls13_ciphersuites(":".join(s.ciphersuites).encode())
+        fastio.set_groups(ctx, s.groups)
+        ctx.set_session_id(b"ssa-engine")
+        if cfg.client_auth:
+            mode = SSL.VERIFY_PEER
+            if cfg.client_auth == 1:
+                mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+            ctx.set_verify(mode)
+            if cfg.client_trust_store:
+                ctx.load_verify_locations(cfg.client_trust_store)
+            store = ctx.get_cert_store()
+            assert store is not None
+            for der in cfg.client_trust:
+                cert = crypto.X509.from_cryptography(x509.load_der_x509_certificate(der))
+                store.add_cert(cert)
+                ctx.add_client_ca(cert)
+        if cfg.alpn:
+            accepted = list(cfg.alpn)
+
+            def select(conn: SSL.Connection, offered: list[bytes]) -> bytes:
+                for proto in accepted:  # the server's preference order
+                    if proto in offered:
+                        return proto
+                return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
+
+            ctx.set_alpn_select_callback(select)
+        return ctx
+
+    def choose(self, sni: str | None) -> SSL.Context | None:
+        """The context for this SNI; None means refuse (unrecognized_name)."""
+        only = self.cfg.only_name
+        if sni is None:
+            return self.default
+        name = sni.lower().rstrip(".")
+        if only is not None and name != only:
+            return None
+        for g in self.groups:
+            if name in g.names:
+                return g.ctx
+        if "." in name:
+            wild = "*." + name.split(".", 1)[1]
+            for g in self.groups:
+                if wild in g.names:
+                    return g.ctx
+        return self.default
+
+    def _on_servername(self, ssl: object, alert: object, arg: object) -> int:
+        try:
+            raw = lib.SSL_get_servername(ssl, lib.TLSEXT_NAMETYPE_host_name)
+            sni = ffi.string(raw).decode("ascii", "replace") if raw != ffi.NULL else None
+            ctx = self.choose(sni)
+            if ctx is None:
+                log.info("refused SNI %r on a listener for %r", sni, self.cfg.only_name)
+                return _TLSEXT_ERR_ALERT_FATAL
+            if ctx is not self.default:
+                lib.SSL_set_SSL_CTX(ssl, ctx._context)  # noqa: SLF001
+            return _TLSEXT_ERR_OK
+        except Exception:  # noqa: BLE001 - never let an exception cross into OpenSSL
+            log.exception("SNI selection failed")
+            return _TLSEXT_ERR_ALERT_FATAL
+
+
+def _add_credentials(ctx: SSL.Context, cred: Credentials) -> None:
+    ctx.use_certificate(crypto.X509.from_cryptography(cred.chain[0]))
+    ctx.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, cred.key_pem))
+    ctx.check_privatekey()
+    # OpenSSL's per-certificate chains are not in the bindings: intermediates
+    # are shared by the chains of one context (harmless extra certificates).
+    for extra in cred.chain[1:]:
+        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+
+
+def pair_credentials(chains: Sequence[tuple[x509.Certificate, ...]],
+                     keys: Sequence[bytes]) -> tuple[Credentials, ...]:
+    from .tlsctx import make_credentials
+
+    return tuple(make_credentials(c, k) for c, k in zip(chains, keys, strict=True))
