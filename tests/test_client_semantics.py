@@ -82,11 +82,18 @@ def test_key_and_chain_checks(pki) -> None:
             s.setsockopt(IPPROTO_TLS, ssa_engine.TLS_PRIVATE_KEY, pki.server.key)
         assert e.value.errno == errno.EPROTO and "does not match" in str(e.value)
     with ssa_engine.socket() as s:
-        s.setsockopt(IPPROTO_TLS, ssa_engine.TLS_PRIVATE_KEY, pki.client.key.read_text())
+        # a key with no chain before it: refused at setsockopt time
         with pytest.raises(OSError) as e2:
-            s.connect(("localhost", 9))
+            s.setsockopt(IPPROTO_TLS, ssa_engine.TLS_PRIVATE_KEY, pki.client.key.read_text())
         assert e2.value.errno == errno.EPROTO
-        assert "without TLS_CERTIFICATE_CHAIN" in str(e2.value)
+        assert "without a TLS_CERTIFICATE_CHAIN" in str(e2.value)
+    with ssa_engine.socket() as s:
+        # a chain whose key never comes: refused at connect
+        s.setsockopt(IPPROTO_TLS, ssa_engine.TLS_CERTIFICATE_CHAIN, pki.client.cert)
+        with pytest.raises(OSError) as e3:
+            s.connect(("localhost", 9))
+        assert e3.value.errno == errno.EPROTO
+        assert "without TLS_PRIVATE_KEY" in str(e3.value)
 
 
 def test_non_blocking_connect_with_selectors(pki, ssl_server) -> None:

@@ -8,6 +8,7 @@ import os
 import select
 import socket
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from .. import paths
 from ..protocol import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
+    Accepted,
     Closed,
     Connected,
     ConnectFailed,
@@ -63,7 +65,24 @@ class ControlChannel:
         self.closed_event: Closed | None = None
         #: CONNECTED or CONNECT_FAILED, once the engine has sent it
         self.connect_result: Connected | ConnectFailed | None = None
+        #: offered connections (listeners): the frame and its two descriptors
+        self.accepted: deque[tuple[Accepted, int, int]] = deque()
+        self._fds: deque[int] = deque()
         self.engine_gone = False
+    @classmethod
+    def adopt(cls, sock: socket.socket) -> ControlChannel:
+        """A control connection the engine created (an accepted socket's), past HELLO."""
+        self = cls.__new__(cls)
+        self.path = Path("(accepted)")
+        self.sock = sock
+        self.decoder = Decoder()
+        self.closed_event = None
+        self.connect_result = None
+        self.accepted = deque()
+        self._fds = deque()
+        self.engine_gone = False
+        return self
+
     def open(self, first: Message | None = None) -> Message | None:
         """HELLO, pipelined with ``first`` (one wake-up of the engine for both).
 
@@ -84,6 +103,12 @@ class ControlChannel:
 
     def close(self) -> None:
         self.sock.close()
+        while self.accepted:
+            _, data_fd, ctl_fd = self.accepted.popleft()
+            os.close(data_fd)
+            os.close(ctl_fd)
+        while self._fds:
+            os.close(self._fds.popleft())
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -144,7 +169,24 @@ class ControlChannel:
         if isinstance(message, Connected | ConnectFailed):
             self.connect_result = message
             return True
+        if isinstance(message, Accepted):
+            if len(self._fds) < 2:
+                self.engine_gone = True
+                raise OSError(errno.EPROTO, "ACCEPTED arrived without its descriptors")
+            self.accepted.append((message, self._fds.popleft(), self._fds.popleft()))
+            return True
         return False
+
+    def wait_accepted(self, timeout: float | None) -> tuple[Accepted, int, int]:
+        """The next offered connection (its frame, data fd and control fd)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.accepted:
+            message = self._next(deadline)
+            if message is None:
+                raise ReplyTimeout("timed out")
+            if not self._absorb(message):
+                raise OSError(errno.EPROTO, f"unexpected frame from the engine: {message!r}")
+        return self.accepted.popleft()
 
     def reply(self, timeout: float | None = REPLY_TIMEOUT) -> Message:
         """Wait for the reply to the last request (events are recorded on the way)."""
@@ -207,11 +249,17 @@ class ControlChannel:
                 if not poller.poll(max(remaining, 0) * 1000):
                     return None
             try:
-                data = self.sock.recv(65536)
+                data, anc, _flags, _ = self.sock.recvmsg(
+                    65536, socket.CMSG_SPACE(4 * 8), socket.MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 continue
             except ConnectionResetError:
-                data = b""
+                data, anc = b"", []
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                    self._fds.extend(fds)
             if not data:
                 self.engine_gone = True
                 continue

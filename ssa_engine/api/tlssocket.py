@@ -29,7 +29,19 @@ import socket as _socket
 import struct
 from typing import Any
 
-from ..protocol import Connect, Connected, ConnectFailed, GetSockOpt, Ok, SetSockOpt, SocketRequest
+from ..protocol import (
+    Accepted,
+    Bind,
+    Bound,
+    Connect,
+    Connected,
+    ConnectFailed,
+    GetSockOpt,
+    Listen,
+    Ok,
+    SetSockOpt,
+    SocketRequest,
+)
 from ..protocol import options as opt
 from ..protocol.options import TLSOption
 from .control import ControlChannel, ReplyTimeout
@@ -51,7 +63,7 @@ MAX_PEM_FILE = 4 * 1024 * 1024 - 4096
 #: bytes of buffer each direction of the plaintext socketpair gets
 PAIR_BUFFER = 1024 * 1024
 
-_CREATED, _CONNECTING, _CONNECTED, _CLOSED, _BROKEN = range(5)
+_CREATED, _CONNECTING, _CONNECTED, _CLOSED, _BROKEN, _LISTENING = range(6)
 
 
 class TLSSocket(_socket.socket):
@@ -135,7 +147,8 @@ class TLSSocket(_socket.socket):
         return self._ssa_ctl is not None
 
     def __repr__(self) -> str:
-        state = ["created", "connecting", "connected", "closed", "broken"][self._ssa_state]
+        state = ["created", "connecting", "connected", "closed", "broken",
+                 "listening"][self._ssa_state]
         fd = -1 if self._closed else self.fileno()
         return (f"<ssa_engine.TLSSocket fd={fd}, family={self._ssa_family}, "
                 f"proto={self._ssa_proto}, state={state}, peer={self._ssa_peer}>")
@@ -473,19 +486,85 @@ class TLSSocket(_socket.socket):
                 self._ssa_shut_rd = True
         super().shutdown(how)
 
-    # -- server side and other calls ---------------------------------------------
+    # -- server side ----------------------------------------------------------
     def bind(self, address: Any) -> None:
         if not self._tls:
             return super().bind(address)
-        raise OSError(errno.EOPNOTSUPP, "binding TLS sockets is not supported by this version yet")
+        if self._ssa_state != _CREATED:
+            raise OSError(errno.EINVAL, "bind() after connect() or listen()")
+        if not isinstance(address, tuple) or len(address) not in (2, 4):
+            raise TypeError("TLS sockets bind to a (host, port) tuple")
+        host, port = address[0], address[1]
+        if isinstance(host, bytes | bytearray):
+            host = bytes(host).decode("ascii")
+        if not isinstance(host, str) or not isinstance(port, int) or isinstance(port, bool):
+            raise TypeError("bind() takes (str, int)")
+        if not 0 <= port < 65536:
+            raise OverflowError("bind(): port must be 0-65535.")
+        try:
+            request = Bind(host=host, port=port)
+        except ValueError as exc:
+            raise OSError(errno.EINVAL, f"bind: {exc}") from None
+        reply = self._control().request(request)
+        assert isinstance(reply, Bound)
+        self._ssa_local = _addr(reply.local_host, reply.local_port)
 
-    def listen(self, backlog: int = 0) -> None:  # noqa: ARG002
+    def listen(self, backlog: int = 128) -> None:
         if not self._tls:
             return super().listen(backlog)
+        if self._ssa_state == _LISTENING:
+            return
         if self._ssa_state != _CREATED:
             raise OSError(errno.EOPNOTSUPP, "listen() is not valid after connect()")
-        raise OSError(errno.EOPNOTSUPP, "listening TLS sockets are not supported by this "
-                      "version yet")
+        pair = self._ssa_pair
+        assert pair is not None
+        ctl = self._control()
+        try:
+            reply = ctl.request(Listen(backlog=max(0, min(int(backlog), 65535))),
+                                [pair.fileno()])
+        finally:
+            pair.close()
+            self._ssa_pair = None
+        assert isinstance(reply, Bound)
+        self._ssa_state = _LISTENING
+        self._ssa_local = _addr(reply.local_host, reply.local_port)
+
+    def accept(self) -> tuple[TLSSocket, Any]:
+        if not self._tls:
+            return super().accept()  # type: ignore[return-value]
+        if self._ssa_state != _LISTENING:
+            raise OSError(errno.EINVAL, "accept() on a socket that is not listening")
+        ctl = self._control()
+        # one byte per offered connection: this honours the socket's timeout
+        # and non-blocking mode exactly as accept() on TCP would
+        token = super().recv(1)
+        if not token:
+            raise OSError(errno.ECONNABORTED, "the ssa engine closed the listener "
+                          "(it stopped or restarted)")
+        info, data_fd, ctl_fd = ctl.wait_accepted(timeout=30.0)
+        sock = TLSSocket._ssa_accepted(self._ssa_family, info, data_fd, ctl_fd)
+        if _socket.getdefaulttimeout() is None and self.gettimeout():
+            sock.setblocking(True)
+        return sock, sock._ssa_peer
+
+    @classmethod
+    def _ssa_accepted(cls, family: int, info: Accepted, data_fd: int, ctl_fd: int) -> TLSSocket:
+        self = cls.__new__(cls)
+        self._ssa_pair = None
+        self._ssa_family = family
+        self._ssa_proto = opt.IPPROTO_TLS
+        self._ssa_state = _CONNECTED
+        self._ssa_peer = _addr(info.peer_host, info.peer_port)
+        self._ssa_local = _addr(info.local_host, info.local_port)
+        self._ssa_so_error = 0
+        self._ssa_error = ""
+        self._ssa_eof = False
+        self._ssa_shut_rd = False
+        self._ssa_id = info.socket_id
+        ctl_sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, ctl_fd)
+        self._ssa_ctl = ControlChannel.adopt(ctl_sock)
+        _socket.socket.__init__(self, _socket.AF_UNIX, _socket.SOCK_STREAM, 0, data_fd)
+        return self
 
     def dup(self) -> _socket.socket:
         if not self._tls:

@@ -60,6 +60,13 @@ class PeerIdentity:
             return os.path.basename(exe)
         return comm or f"pid {self.pid}"
 
+    def dup(self) -> PeerIdentity:
+        """The same identity, with its own pidfd (for an accepted socket)."""
+        pidfd = os.dup(self.pidfd) if self.pidfd is not None else None
+        other = PeerIdentity(self.pid, self.uid, self.gid, pidfd)
+        other._proc = self._proc
+        return other
+
     def close(self) -> None:
         if self.pidfd is not None:
             try:

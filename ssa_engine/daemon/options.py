@@ -66,9 +66,14 @@ class SocketOptions:
     policy: Policy
     remote_hostname: str | None = None
     extra_trust: list[bytes] = field(default_factory=list)
-    chain: tuple[x509.Certificate, ...] | None = None
-    key_pem: bytes | None = None
+    #: certificate chains and their keys: each chain is paired with the next key
+    chains: list[tuple[x509.Certificate, ...]] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
     alpn: tuple[bytes, ...] = ()
+    #: TLS_HOSTNAME on a listener: serve only this name
+    server_name: str | None = None
+    #: TLS_REQUEST_PEER_AUTH: 0 off, 1 require, 2 request
+    peer_auth: int = 0
     app: AppRequests = field(default_factory=AppRequests)
     tcp: dict[tuple[int, int], int | bytes] = field(default_factory=dict)
 
@@ -86,19 +91,30 @@ class SocketOptions:
             self.extra_trust += _der(_certs(value, "TLS_TRUSTED_PEER_CERTIFICATES"))
         elif name is TLSOption.CERTIFICATE_CHAIN:
             chain = _certs(value, "TLS_CERTIFICATE_CHAIN")
-            if self.key_pem is not None and not key_matches(chain, self.key_pem):
-                raise ApiError(errno.EPROTO, "TLS_CERTIFICATE_CHAIN: does not match the "
-                               "private key set with TLS_PRIVATE_KEY")
-            self.chain = chain
+            if len(self.chains) > len(self.keys):
+                raise ApiError(errno.EPROTO, "TLS_CERTIFICATE_CHAIN set twice: the previous "
+                               "chain has no TLS_PRIVATE_KEY yet")
+            self.chains.append(chain)
         elif name is TLSOption.PRIVATE_KEY:
             try:
                 key = parse_private_key(_bytes(value, name))
             except CredentialError as exc:
                 raise ApiError(errno.EINVAL, str(exc)) from None
-            if self.chain is not None and not key_matches(self.chain, key):
+            if len(self.chains) <= len(self.keys):
+                raise ApiError(errno.EPROTO, "TLS_PRIVATE_KEY set without a "
+                               "TLS_CERTIFICATE_CHAIN before it")
+            if not key_matches(self.chains[-1], key):
                 raise ApiError(errno.EPROTO, "TLS_PRIVATE_KEY: does not match the "
                                "certificate set with TLS_CERTIFICATE_CHAIN")
-            self.key_pem = key
+            self.keys.append(key)
+        elif name is TLSOption.HOSTNAME:
+            self.server_name = validate_hostname(_text(value, name), "TLS_HOSTNAME")
+        elif name is TLSOption.REQUEST_PEER_AUTH:
+            mode = _int(number, name)
+            if mode not in (0, 1, 2):
+                raise ApiError(errno.EINVAL, "TLS_REQUEST_PEER_AUTH: 0 (off), 1 (require) or "
+                               "2 (request)")
+            self.peer_auth = mode
         elif name is TLSOption.ALPN:
             self.alpn = parse_alpn(_text(value, name))
         elif name in (TLSOption.VERSION_MIN, TLSOption.VERSION_MAX):
@@ -149,13 +165,14 @@ class SocketOptions:
         return effective(self.policy, self.app)
 
     def credentials(self) -> Credentials | None:
-        if self.chain is None and self.key_pem is None:
-            return None
-        if self.chain is None:
-            raise ApiError(errno.EPROTO, "TLS_PRIVATE_KEY set without TLS_CERTIFICATE_CHAIN")
-        if self.key_pem is None:
+        """The client certificate (the first pair), if any."""
+        pairs = self.all_credentials()
+        return pairs[0] if pairs else None
+
+    def all_credentials(self) -> tuple[Credentials, ...]:
+        if len(self.chains) > len(self.keys):
             raise ApiError(errno.EPROTO, "TLS_CERTIFICATE_CHAIN set without TLS_PRIVATE_KEY")
-        return make_credentials(self.chain, self.key_pem)
+        return tuple(make_credentials(c, k) for c, k in zip(self.chains, self.keys, strict=True))
 
 
 def parse_alpn(text: str) -> tuple[bytes, ...]:

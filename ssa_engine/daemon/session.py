@@ -26,6 +26,9 @@ from .. import __version__
 from ..protocol import (
     PROTOCOL_VERSION,
     REQUEST_TYPES,
+    Accepted,
+    Bind,
+    Bound,
     Closed,
     Connect,
     Connected,
@@ -36,6 +39,7 @@ from ..protocol import (
     GetSockOpt,
     Hello,
     HelloOk,
+    Listen,
     Message,
     Ok,
     SetSockOpt,
@@ -49,8 +53,10 @@ from ..protocol.options import IPPROTO_TLS, TLSOption
 from ..protocol.states import Request, SocketState, check
 from . import fastio
 from .identity import PeerIdentity
+from .listener import Listener, wait_fd
 from .options import ApiError, SocketOptions
 from .relay import Relay
+from .servertls import ServerConfig, ServerContexts
 from .tlsctx import ClientConfig, CredentialError, describe_handshake_error, ip_literal
 
 if TYPE_CHECKING:
@@ -64,6 +70,16 @@ MAX_FDS = 4
 #: are no longer read.
 MAX_QUEUED_REPLIES = 256 * 1024
 _RECV_SIZE = 256 * 1024
+#: bytes of buffer each direction of an accepted socket's plaintext pair gets
+_PAIR_BUFFER = 1024 * 1024
+
+
+def _unprivileged_port_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1024
 _ids = itertools.count(1)
 
 _CONNECTION_INFO = {
@@ -83,8 +99,13 @@ class Session:
         self.peer = peer
         self.decoder = Decoder()
         self.fds: deque[int] = deque()
-        self.out = bytearray()
+        self.out: deque[tuple[bytes | memoryview, list[int]]] = deque()
+        self.out_bytes = 0
         self.reading_paused = False
+        self.role = "client"  # "client", "listener" or "server" (an accepted socket)
+        self.listener: Listener | None = None
+        self.bound: socket.socket | None = None  # the outside listening socket
+        self.sni: str | None = None
         self.hello_done = False
         self.state: SocketState | None = None
         self.socket_id = 0
@@ -134,20 +155,37 @@ class Session:
         if self.fds and not self.decoder.buffered:
             self._protocol_error(errno.EBADMSG, "file descriptor without a frame that takes it")
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message, fds: list[int] | None = None) -> None:
+        """Queue a frame; ``fds`` travel with its first byte and are closed once sent."""
         if self.closed:
+            for fd in fds or ():
+                os.close(fd)
             return
-        self.out += encode(message)
+        data = encode(message)
+        self.out.append((data, fds or []))
+        self.out_bytes += len(data)
         self._flush()
 
     def _flush(self) -> None:
         try:
             while self.out:
-                n = self.sock.send(self.out)
-                del self.out[:n]
+                data, fds = self.out[0]
+                if fds:
+                    n = self.sock.sendmsg(
+                        [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                    for fd in fds:
+                        os.close(fd)
+                    fds = []
+                else:
+                    n = self.sock.send(data)
+                self.out_bytes -= n
+                if n < len(data):
+                    self.out[0] = (memoryview(data)[n:], fds)
+                else:
+                    self.out.popleft()
         except (BlockingIOError, InterruptedError):
             self.loop.add_writer(self.sock.fileno(), self._on_writable)
-            if len(self.out) > MAX_QUEUED_REPLIES and not self.reading_paused:
+            if self.out_bytes > MAX_QUEUED_REPLIES and not self.reading_paused:
                 # a client that sends requests but reads no replies: stop
                 # reading its requests until it catches up (bounded memory)
                 self.reading_paused = True
@@ -209,6 +247,10 @@ class Session:
                 self._on_setsockopt(message)
             elif isinstance(message, GetSockOpt):
                 self._on_getsockopt(message)
+            elif isinstance(message, Bind):
+                self._on_bind(message)
+            elif isinstance(message, Listen):
+                self._on_listen(message)
         except ApiError as exc:
             if exc.errno == errno.EPROTO:
                 self.last_error = exc.message
@@ -301,6 +343,12 @@ class Session:
         conn = self.conn
         if name is TLSOption.REMOTE_HOSTNAME:
             return (o.remote_hostname or "").encode()
+        if name is TLSOption.HOSTNAME:
+            if self.role == "server":
+                return (self.sni or "").encode()  # what the client asked for
+            return (o.server_name or "").encode()
+        if name is TLSOption.REQUEST_PEER_AUTH:
+            return o.peer_auth
         if name is TLSOption.ALPN:
             if conn is not None:
                 return conn.get_alpn_proto_negotiated() or b""
@@ -343,6 +391,153 @@ class Session:
             return self.tcp.getsockopt(level, name)
         value = self.options.tcp.get((level, name), 0)
         return value if isinstance(value, int) else 0
+
+    # -- server side ----------------------------------------------------------
+    def _on_bind(self, m: Bind) -> None:
+        self._require(Request.BIND)
+        if self.bound is not None:
+            raise ApiError(errno.EINVAL, "the socket is already bound")
+        self.bound = self._bind(m.host, m.port)
+        host, port = self.bound.getsockname()[:2]
+        self.send(Bound(local_host=host, local_port=port))
+
+    def _bind(self, host: str, port: int) -> socket.socket:
+        fam = socket.AF_INET6 if self.family == socket.AF_INET6 else socket.AF_INET
+        if host in ("", "0.0.0.0", "::"):
+            host = "::" if fam == socket.AF_INET6 else "0.0.0.0"
+        elif host == "localhost":
+            host = "::1" if fam == socket.AF_INET6 else "127.0.0.1"
+        literal = ip_literal(host)
+        if literal is None or (len(literal) == 16) != (fam == socket.AF_INET6):
+            raise ApiError(errno.EINVAL, f"bind: {host!r} is not an address of the socket's family")
+        if 0 < port < _unprivileged_port_start() and self.peer.uid != 0 and os.geteuid() == 0:
+            # the engine has the privilege, the program does not: no confused deputy
+            raise ApiError(errno.EACCES, f"bind: port {port} is privileged and the program "
+                           "runs as an unprivileged user")
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            assert self.options is not None
+            for (level, name), value in self.options.tcp.items():
+                _apply_tcp_option(sock, level, name, value)
+            sock.bind((host.strip("[]"), port))
+        except ApiError:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            raise ApiError(exc.errno or errno.EINVAL, f"bind {host} port {port}: "
+                           f"{exc.strerror}") from None
+        sock.setblocking(False)
+        return sock
+
+    def _on_listen(self, m: Listen) -> None:
+        if not self.fds:
+            raise _Unexpected("LISTEN without its notification descriptor")
+        notify_fd = self.fds.popleft()
+        try:
+            notify = socket.socket(fileno=notify_fd)
+        except OSError:
+            os.close(notify_fd)
+            raise ApiError(errno.EINVAL, "the passed descriptor is not a socket") from None
+        try:
+            if notify.family != socket.AF_UNIX or notify.type != socket.SOCK_STREAM:
+                raise ApiError(errno.EINVAL, "the notification descriptor must be a Unix stream "
+                               "socket")
+            self._require(Request.LISTEN)
+            if self.listener is not None:
+                raise ApiError(errno.EINVAL, "the socket is already listening")
+            self._start_listening(m.backlog, notify)
+        except BaseException:
+            notify.close()
+            raise
+        assert self.listener is not None
+        host, port = self.listener.tcp.getsockname()[:2]
+        self.send(Bound(local_host=host, local_port=port))
+
+    def _start_listening(self, backlog: int, notify: socket.socket) -> None:
+        o = self.options
+        assert o is not None
+        try:
+            cfg = ServerConfig(
+                settings=o.settings(),
+                credentials=o.all_credentials(),
+                client_auth=o.peer_auth,
+                client_trust=tuple(o.extra_trust),
+                alpn=o.alpn,
+                only_name=o.server_name,
+            )
+            if not cfg.credentials:
+                raise ApiError(errno.EPROTO, "a TLS listener needs a certificate: set "
+                               "TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY before listen()")
+            if cfg.client_auth and not cfg.client_trust:
+                raise ApiError(errno.EPROTO, "TLS_REQUEST_PEER_AUTH needs the client CA: set "
+                               "TLS_TRUSTED_PEER_CERTIFICATES")
+            contexts = ServerContexts(cfg)
+        except (SSL.Error, ValueError) as exc:
+            raise ApiError(errno.EPROTO, f"cannot build the server TLS context: {exc}") from None
+        if self.bound is None:
+            self.bound = self._bind("", 0)
+        try:
+            self.bound.listen(max(1, min(backlog or 128, 4096)))
+        except OSError as exc:
+            raise ApiError(exc.errno or errno.EINVAL, f"listen: {exc.strerror}") from None
+        notify.setblocking(False)
+        self.listener = Listener(self, self.bound, notify, contexts, backlog or 128,
+                                 o.policy.handshake_timeout, self._offer)
+        self.bound = None  # the listener owns it now
+        self.role = "listener"
+        self.state = SocketState.LISTENING
+        self.listener.start()
+        log.info("%s: listening on %s", self._who(), self.listener.address())
+
+    def _offer(self, conn: SSL.Connection, tcp: socket.socket, sni: str | None) -> None:
+        """A verified connection: hand it to the application's accept()."""
+        assert self.listener is not None and self.options is not None
+        data_engine, data_app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ctl_engine, ctl_app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for s in (data_engine, data_app):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _PAIR_BUFFER)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _PAIR_BUFFER)
+        data_engine.setblocking(False)
+        ctl_engine.setblocking(False)
+        child = Session(self.engine, ctl_engine, self.peer.dup())
+        self.engine.sessions.add(child)
+        child.adopt_accepted(self, conn, tcp, data_engine, sni)
+        local = tcp.getsockname()
+        peer = tcp.getpeername()
+        self.send(Accepted(socket_id=child.socket_id, local_host=local[0], local_port=local[1],
+                           peer_host=peer[0], peer_port=peer[1]),
+                  fds=[data_app.detach(), ctl_app.detach()])
+        try:
+            self.listener.notify.send(b"\x01")
+        except OSError:
+            log.warning("%s: the application stopped accepting", self._who())
+
+    def adopt_accepted(self, listener: Session, conn: SSL.Connection, tcp: socket.socket,
+                       data: socket.socket, sni: str | None) -> None:
+        """Become the engine side of an accepted socket."""
+        assert listener.options is not None
+        self.hello_done = True
+        self.role = "server"
+        self.family = listener.family
+        self.socket_id = next(_ids)
+        self.options = SocketOptions(policy=listener.options.policy)
+        self.options.alpn = listener.options.alpn
+        self.options.server_name = listener.options.server_name
+        self.state = SocketState.CONNECTED
+        self.conn = conn
+        self.tcp = tcp
+        self.sni = sni
+        peer_host, peer_port = tcp.getpeername()[:2]
+        self.remote = f"{peer_host}:{peer_port}"
+        self.engine.sockets += 1
+        self.engine.connected += 1
+        log.info("%s: accepted %s %s %s sni=%s", self._who(), self.remote,
+                 conn.get_protocol_version_name(), conn.get_cipher_name(), sni)
+        self.relay = Relay(self.loop, conn, tcp, data, self._on_stream_end,
+                           self._on_relay_finished)
+        self.relay.start()
 
     # -- connect --------------------------------------------------------------
     def _on_connect(self, m: Connect) -> None:
@@ -476,9 +671,9 @@ class Session:
                 conn.do_handshake()
                 return
             except SSL.WantReadError:
-                await _wait(self.loop, fd, write=False)
+                await wait_fd(self.loop, fd, write=False)
             except SSL.WantWriteError:
-                await _wait(self.loop, fd, write=True)
+                await wait_fd(self.loop, fd, write=True)
 
     async def _tcp_connect(self, host: str, port: int, timeout: float) -> socket.socket:
         literal = ip_literal(host)
@@ -546,6 +741,14 @@ class Session:
         self.loop.remove_reader(self.sock.fileno())
         self.loop.remove_writer(self.sock.fileno())
         self.sock.close()
+        for _, fds in self.out:
+            for fd in fds:
+                os.close(fd)
+        self.out.clear()
+        if self.listener is not None:
+            self.listener.close()
+        if self.bound is not None:
+            self.bound.close()
         while self.fds:
             try:
                 os.close(self.fds.popleft())
@@ -599,23 +802,3 @@ def _drain_filler(data: socket.socket, count: int) -> None:
         if not chunk:
             return
         count -= len(chunk)
-
-
-async def _wait(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    if write:
-        loop.add_writer(fd, ready)
-    else:
-        loop.add_reader(fd, ready)
-    try:
-        await fut
-    finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)

@@ -21,6 +21,9 @@ from .messages import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
+    Accepted,
+    Bind,
+    Bound,
     Closed,
     Connect,
     Connected,
@@ -29,6 +32,7 @@ from .messages import (
     GetSockOpt,
     Hello,
     HelloOk,
+    Listen,
     Message,
     MessageType,
     Ok,
@@ -39,6 +43,7 @@ from .messages import (
 )
 
 __all__ = [
+    "Accepted", "Bind", "Bound", "Listen",
     "MAX_STRING", "REQUEST_TYPES",
     "HEADER_SIZE", "MAX_PAYLOAD", "Decoder", "decode_payload", "encode",
     "FrameError", "FrameTooLarge", "MalformedField", "ProtocolError", "UnknownMessage",

@@ -28,12 +28,16 @@ class MessageType(enum.IntEnum):
     SETSOCKOPT = 3  #: app -> engine: set an option
     GETSOCKOPT = 4  #: app -> engine: read an option
     CONNECT = 5  #: app -> engine: connect + handshake; carries the data fd
+    BIND = 6  #: app -> engine: bind the engine's listening socket
+    LISTEN = 7  #: app -> engine: start listening; carries the notification fd
     STATUS = 16  #: app -> engine: admin query (root or the engine's user only)
     HELLO_OK = 32  #: engine -> app: version chosen
     OK = 33  #: engine -> app: request succeeded, optional value
     ERROR = 34  #: engine -> app: request failed with an errno and a message
     CONNECTED = 35  #: engine -> app: the CONNECT finished, handshake verified
     CONNECT_FAILED = 36  #: engine -> app: the CONNECT failed (errno and reason)
+    BOUND = 37  #: engine -> app: BIND done, the address actually bound
+    ACCEPTED = 38  #: engine -> app: event, a verified connection; data + control fds
     CLOSED = 48  #: engine -> app: event, the TLS stream ended (clean or not)
     STATUS_REPLY = 49  #: engine -> app: status document (JSON text)
 
@@ -64,6 +68,7 @@ class FieldTag(enum.IntEnum):
     PEER_PORT = 21  #: u16
     SOFTWARE = 22  #: str, engine name and version
     DOCUMENT = 23  #: str, JSON document
+    BACKLOG = 24  #: u32, completed connections the engine queues for accept()
 
 
 class FieldKind(enum.Enum):
@@ -101,6 +106,7 @@ FIELD_KINDS: dict[FieldTag, FieldKind] = {
     FieldTag.PEER_PORT: _U16,
     FieldTag.SOFTWARE: FieldKind.STR,
     FieldTag.DOCUMENT: FieldKind.STR,
+    FieldTag.BACKLOG: _U32,
 }
 
 _LIMITS = {_U16: 1 << 16, _U32: 1 << 32, _U64: 1 << 64, FieldKind.I64: 1 << 63}
@@ -157,7 +163,7 @@ MESSAGE_TYPES: dict[int, type[Any]] = {}
 #: message types an application may send (the rest are the engine's)
 REQUEST_TYPES = frozenset(
     {MessageType.HELLO, MessageType.SOCKET, MessageType.SETSOCKOPT, MessageType.GETSOCKOPT,
-     MessageType.CONNECT, MessageType.STATUS}
+     MessageType.CONNECT, MessageType.BIND, MessageType.LISTEN, MessageType.STATUS}
 )
 
 
@@ -248,6 +254,22 @@ class Connect(Message):
 
 @_register
 @dataclass(frozen=True, slots=True)
+class Bind(Message):
+    TYPE = MessageType.BIND
+    host: str = _f(FieldTag.HOST)  # "" = every address of the family
+    port: int = _f(FieldTag.PORT)  # 0 = an ephemeral port
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class Listen(Message):
+    TYPE = MessageType.LISTEN
+    FD_COUNT = 1
+    backlog: int = _f(FieldTag.BACKLOG)
+
+
+@_register
+@dataclass(frozen=True, slots=True)
 class StatusRequest(Message):
     TYPE = MessageType.STATUS
 
@@ -293,6 +315,26 @@ class ConnectFailed(Message):
     TYPE = MessageType.CONNECT_FAILED
     errno: int = _f(FieldTag.ERRNO)
     message: str = _f(FieldTag.MESSAGE, "")
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class Bound(Message):
+    TYPE = MessageType.BOUND
+    local_host: str = _f(FieldTag.LOCAL_HOST)
+    local_port: int = _f(FieldTag.LOCAL_PORT)
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class Accepted(Message):
+    TYPE = MessageType.ACCEPTED
+    FD_COUNT = 2  # the plaintext stream, then the accepted socket's control connection
+    socket_id: int = _f(FieldTag.SOCKET_ID)
+    local_host: str = _f(FieldTag.LOCAL_HOST)
+    local_port: int = _f(FieldTag.LOCAL_PORT)
+    peer_host: str = _f(FieldTag.PEER_HOST)
+    peer_port: int = _f(FieldTag.PEER_PORT)
 
 
 @_register

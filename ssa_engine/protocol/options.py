@@ -92,7 +92,7 @@ _S, _G, _SG = Access.SET, Access.GET, Access.BOTH
 
 OPTIONS: dict[TLSOption, OptionSpec] = {
     TLSOption.REMOTE_HOSTNAME: OptionSpec(_B, _SG),
-    TLSOption.HOSTNAME: OptionSpec(_B, _SG, implemented=False),
+    TLSOption.HOSTNAME: OptionSpec(_B, _SG),
     TLSOption.TRUSTED_PEER_CERTIFICATES: OptionSpec(_B, _S),
     TLSOption.CERTIFICATE_CHAIN: OptionSpec(_B, _S),
     TLSOption.PRIVATE_KEY: OptionSpec(_B, _S),
@@ -100,7 +100,7 @@ OPTIONS: dict[TLSOption, OptionSpec] = {
     TLSOption.SESSION_TTL: OptionSpec(_I, _SG, implemented=False),
     TLSOption.DISABLE_CIPHER: OptionSpec(_B, _S),
     TLSOption.PEER_IDENTITY: OptionSpec(_B, _G),
-    TLSOption.REQUEST_PEER_AUTH: OptionSpec(_I, _SG, implemented=False),
+    TLSOption.REQUEST_PEER_AUTH: OptionSpec(_I, _SG),
     TLSOption.PEER_CERTIFICATE_CHAIN: OptionSpec(_B, _G),
     TLSOption.ID: OptionSpec(_I, _G),
     TLSOption.TRUSTED_CIPHERS: OptionSpec(_B, _G),

@@ -16,6 +16,7 @@ class SocketState(enum.Enum):
     CONNECTING = "connecting"  #: CONNECT sent, TCP connect + handshake running
     CONNECTED = "connected"  #: verified, data flows
     CLOSED = "closed"  #: the TLS stream ended cleanly
+    LISTENING = "listening"  #: LISTEN done: handshakes run, connections are offered
     BROKEN = "broken"  #: a fatal error happened; only TLS_ERROR may be read
 
 
@@ -26,6 +27,8 @@ class Request(enum.Enum):
     GET_CONNECTION_OPTION = "getsockopt of connection information"
     GET_ERROR = "getsockopt(TLS_ERROR)"
     CONNECT = "connect"
+    BIND = "bind"
+    LISTEN = "listen"
 
 
 S, R = SocketState, Request
@@ -39,6 +42,8 @@ TRANSITIONS: dict[SocketState, dict[Request, tuple[SocketState | None, int | Non
         R.GET_CONNECTION_OPTION: (None, errno.EOPNOTSUPP),
         R.GET_ERROR: (S.CREATED, None),
         R.CONNECT: (S.CONNECTING, None),
+        R.BIND: (S.CREATED, None),
+        R.LISTEN: (S.LISTENING, None),
     },
     S.CONNECTING: {
         R.SET_TLS_OPTION: (None, errno.EALREADY),
@@ -47,6 +52,8 @@ TRANSITIONS: dict[SocketState, dict[Request, tuple[SocketState | None, int | Non
         R.GET_CONNECTION_OPTION: (None, errno.EOPNOTSUPP),
         R.GET_ERROR: (S.CONNECTING, None),
         R.CONNECT: (None, errno.EALREADY),
+        R.BIND: (None, errno.EINVAL),
+        R.LISTEN: (None, errno.EOPNOTSUPP),
     },
     S.CONNECTED: {
         R.SET_TLS_OPTION: (None, errno.EISCONN),
@@ -55,6 +62,8 @@ TRANSITIONS: dict[SocketState, dict[Request, tuple[SocketState | None, int | Non
         R.GET_CONNECTION_OPTION: (S.CONNECTED, None),
         R.GET_ERROR: (S.CONNECTED, None),
         R.CONNECT: (None, errno.EISCONN),
+        R.BIND: (None, errno.EINVAL),
+        R.LISTEN: (None, errno.EOPNOTSUPP),
     },
     S.CLOSED: {
         R.SET_TLS_OPTION: (None, errno.EISCONN),
@@ -63,6 +72,18 @@ TRANSITIONS: dict[SocketState, dict[Request, tuple[SocketState | None, int | Non
         R.GET_CONNECTION_OPTION: (S.CLOSED, None),
         R.GET_ERROR: (S.CLOSED, None),
         R.CONNECT: (None, errno.EISCONN),
+        R.BIND: (None, errno.EINVAL),
+        R.LISTEN: (None, errno.EOPNOTSUPP),
+    },
+    S.LISTENING: {
+        R.SET_TLS_OPTION: (None, errno.EOPNOTSUPP),
+        R.SET_TCP_OPTION: (S.LISTENING, None),
+        R.GET_CONFIG_OPTION: (S.LISTENING, None),
+        R.GET_CONNECTION_OPTION: (None, errno.EOPNOTSUPP),
+        R.GET_ERROR: (S.LISTENING, None),
+        R.CONNECT: (None, errno.EOPNOTSUPP),
+        R.BIND: (None, errno.EINVAL),
+        R.LISTEN: (S.LISTENING, None),
     },
     S.BROKEN: {
         R.SET_TLS_OPTION: (None, errno.EBADFD),
@@ -71,6 +92,8 @@ TRANSITIONS: dict[SocketState, dict[Request, tuple[SocketState | None, int | Non
         R.GET_CONNECTION_OPTION: (None, errno.EBADFD),
         R.GET_ERROR: (S.BROKEN, None),
         R.CONNECT: (None, errno.EBADFD),
+        R.BIND: (None, errno.EBADFD),
+        R.LISTEN: (None, errno.EBADFD),
     },
 }
 

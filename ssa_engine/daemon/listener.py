@@ -1,0 +1,209 @@
+"""A listening TLS socket inside the engine.
+
+Theory of operation: the engine owns the outside TCP listener. Each accepted
+TCP connection gets a server handshake (under the handshake timeout, with at
+most MAX_HANDSHAKES of them in flight per listener); only a connection whose
+handshake succeeded is offered to the application. The offer is an ACCEPTED
+frame on the listener's control connection carrying two descriptors (the
+plaintext stream and the new socket's own control connection), followed by
+one byte on the listener's notification stream, which is the listening
+TLSSocket's descriptor in the application: it is readable exactly when
+accept() would not block. Garbage, stalls, resets and refused handshakes are
+logged and closed here; they never reach accept() and never disturb other
+connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import socket
+import struct
+import termios
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from OpenSSL import SSL
+
+from .servertls import ServerContexts
+from .tlsctx import _openssl_text
+
+if TYPE_CHECKING:
+    from .session import Session
+
+log = logging.getLogger("ssa.listener")
+
+#: Security parameter: TLS handshakes in flight per listener; beyond it the
+#: engine stops accepting TCP connections (the kernel backlog holds them).
+MAX_HANDSHAKES = 256
+#: seconds between checks whether the application has caught up with accept()
+_RESUME_POLL = 0.05
+
+
+class Listener:
+    def __init__(
+        self,
+        session: Session,
+        tcp: socket.socket,
+        notify: socket.socket,
+        contexts: ServerContexts,
+        backlog: int,
+        timeout: float,
+        on_ready: Callable[[SSL.Connection, socket.socket, str | None], None],
+    ) -> None:
+        self.session = session
+        self.loop = session.loop
+        self.tcp = tcp
+        self.notify = notify
+        self.contexts = contexts
+        self.backlog = max(1, min(backlog, 65535))
+        self.timeout = timeout
+        self._on_ready = on_ready
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting = False
+        self._resume: asyncio.TimerHandle | None = None
+        self.closed = False
+        self.refused = 0
+        self.accepted = 0
+
+    def start(self) -> None:
+        self._set_accepting(True)
+
+    def _set_accepting(self, on: bool) -> None:
+        if on == self._accepting or self.closed:
+            return
+        self._accepting = on
+        if on:
+            self.loop.add_reader(self.tcp.fileno(), self._on_acceptable)
+        else:
+            self.loop.remove_reader(self.tcp.fileno())
+
+    def waiting_for_app(self) -> int:
+        """Connections offered to the application but not yet accept()ed."""
+        buf = fcntl.ioctl(self.notify.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        return int(struct.unpack("i", buf)[0])
+
+    def _full(self) -> bool:
+        return len(self._tasks) >= MAX_HANDSHAKES or self.waiting_for_app() >= self.backlog
+
+    def _on_acceptable(self) -> None:
+        for _ in range(64):
+            if self._full():
+                self._pause()
+                return
+            try:
+                conn, addr = self.tcp.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("listener %s: %s; pausing accept", self.address(), exc.strerror)
+                    self._pause()
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            conn.setblocking(False)
+            task = self.loop.create_task(self._handshake(conn, addr))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _pause(self) -> None:
+        self._set_accepting(False)
+        if self._resume is None and not self.closed:
+            self._resume = self.loop.call_later(_RESUME_POLL, self._try_resume)
+
+    def _try_resume(self) -> None:
+        self._resume = None
+        if self.closed:
+            return
+        if self._full():
+            self._resume = self.loop.call_later(_RESUME_POLL, self._try_resume)
+        else:
+            self._set_accepting(True)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._accepting and not self.closed and not self._full():
+            self._set_accepting(True)
+
+    def address(self) -> str:
+        try:
+            host, port = self.tcp.getsockname()[:2]
+            return f"{host}:{port}"
+        except OSError:
+            return "?"
+
+    async def _handshake(self, tcp: socket.socket, addr: tuple[str, int]) -> None:
+        conn = SSL.Connection(self.contexts.default, tcp)
+        conn.set_accept_state()
+        fd = tcp.fileno()
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    try:
+                        conn.do_handshake()
+                        break
+                    except SSL.WantReadError:
+                        await wait_fd(self.loop, fd, write=False)
+                    except SSL.WantWriteError:
+                        await wait_fd(self.loop, fd, write=True)
+        except TimeoutError:
+            self._refuse(tcp, addr, f"handshake timeout after {self.timeout:g} s")
+            return
+        except SSL.Error as exc:
+            self._refuse(tcp, addr, f"handshake failed: {_openssl_text(exc) or type(exc).__name__}")
+            return
+        except OSError as exc:
+            self._refuse(tcp, addr, f"connection error: {exc.strerror}")
+            return
+        except asyncio.CancelledError:
+            tcp.close()
+            raise
+        if self.closed:
+            tcp.close()
+            return
+        raw = conn.get_servername()
+        sni = raw.decode("ascii", "replace") if raw else None
+        self.accepted += 1
+        self._on_ready(conn, tcp, sni)
+
+    def _refuse(self, tcp: socket.socket, addr: tuple[str, int], reason: str) -> None:
+        self.refused += 1
+        log.info("listener %s: refused %s port %s: %s", self.address(), addr[0], addr[1], reason)
+        tcp.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._set_accepting(False)
+        self.closed = True
+        if self._resume is not None:
+            self._resume.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        self.tcp.close()
+        self.notify.close()
+
+
+async def wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
+    """Wait until ``fd`` is readable (or writable)."""
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    if write:
+        loop.add_writer(fd, ready)
+    else:
+        loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
