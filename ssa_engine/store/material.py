@@ -207,7 +207,10 @@ def _private_key(pem: bytes, label: str) -> PrivateKeyTypes:
 
 def _short(cert: x509.Certificate) -> str:
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return f"CN={cns[0].value}" if cns else subject_text(cert.subject) or "an empty subject"
+    if cns:
+        value = cns[0].value
+        return "CN=" + (value.decode(errors="replace") if isinstance(value, bytes) else value)
+    return subject_text(cert.subject) or "an empty subject"
 
 
 def _check_chain(certs: Sequence[tuple[x509.Certificate, str]]) -> None:
