@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from .aio import TLSStreamWriter, open_connection
+from .aio import TLSServer, TLSStreamWriter, open_connection, start_server
 from .constants import *  # noqa: F403
 from .constants import __all__ as _constants
-from .helpers import create_connection, socket
+from .helpers import create_connection, create_server, socket
 from .install import install, uninstall
 from .tlssocket import TLSSocket
 
 __all__ = [
-    "TLSSocket", "TLSStreamWriter", "create_connection", "install", "open_connection",
-    "socket", "uninstall", *_constants,
+    "TLSServer", "TLSSocket", "TLSStreamWriter", "create_connection", "create_server",
+    "install", "open_connection", "socket", "start_server", "uninstall", *_constants,
 ]

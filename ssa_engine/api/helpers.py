@@ -13,6 +13,7 @@ from .constants import (
     TLS_CERTIFICATE_CHAIN,
     TLS_PRIVATE_KEY,
     TLS_REMOTE_HOSTNAME,
+    TLS_REQUEST_PEER_AUTH,
     TLS_TRUSTED_PEER_CERTIFICATES,
 )
 from .tlssocket import TLSSocket
@@ -82,6 +83,43 @@ def create_connection(
         configure(sock, hostname=hostname, cafile=cafile, certfile=certfile,
                   keyfile=keyfile, alpn=alpn)
         sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def create_server(
+    address: tuple[str, int],
+    *,
+    certfile: PathOrPem | None = None,
+    keyfile: PathOrPem | None = None,
+    cafile: PathOrPem | None = None,
+    alpn: Sequence[str] | None = None,
+    backlog: int | None = None,
+) -> TLSSocket:
+    """A listening TLS socket on ``address`` (host "" = every address).
+
+    ``certfile``/``keyfile`` give the certificate to serve (several chains:
+    use setsockopt before listen); ``cafile`` makes the server require client
+    certificates issued by that CA.
+    """
+    host, port = address
+    sock = TLSSocket(family_for(host), _socket.SOCK_STREAM, opt.IPPROTO_TLS)
+    try:
+        options: list[tuple[int, int, Any]] = []
+        if certfile is not None:
+            options.append((opt.IPPROTO_TLS, TLS_CERTIFICATE_CHAIN, certfile))
+        if keyfile is not None:
+            options.append((opt.IPPROTO_TLS, TLS_PRIVATE_KEY, keyfile))
+        if cafile is not None:
+            options.append((opt.IPPROTO_TLS, TLS_TRUSTED_PEER_CERTIFICATES, cafile))
+            options.append((opt.IPPROTO_TLS, TLS_REQUEST_PEER_AUTH, 1))
+        if alpn:
+            options.append((opt.IPPROTO_TLS, TLS_ALPN, ",".join(alpn)))
+        sock.ssa_setsockopts(options)
+        sock.bind((host, port))
+        sock.listen(128 if backlog is None else backlog)
     except BaseException:
         sock.close()
         raise

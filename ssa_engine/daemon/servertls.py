@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -79,6 +80,13 @@ class ServerContexts:
             raise ValueError("no certificate: set TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY")
         self.cfg = cfg
         self.groups: list[_Group] = []
+        # ALPN: our own callback, because a listener with no protocol in
+        # common must end the handshake with no_application_protocol (RFC 7301
+        # section 3.2) instead of continuing without ALPN
+        self._alpn_wire = {p: ffi.new("unsigned char[]", p) for p in cfg.alpn}
+        self._alpn_callback = ffi.callback(
+            "int (*)(SSL *, const unsigned char **, unsigned char *, "
+            "const unsigned char *, unsigned int, void *)", self._on_alpn)
         for cred in cfg.credentials:
             names = frozenset(certificate_names(cred.chain[0]))
             kind = key_kind(cred.chain[0])
@@ -124,15 +132,7 @@ class ServerContexts:
                 store.add_cert(cert)
                 ctx.add_client_ca(cert)
         if cfg.alpn:
-            accepted = list(cfg.alpn)
-
-            def select(conn: SSL.Connection, offered: list[bytes]) -> bytes:
-                for proto in accepted:  # the server's preference order
-                    if proto in offered:
-                        return proto
-                return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
-
-            ctx.set_alpn_select_callback(select)
+            lib.SSL_CTX_set_alpn_select_cb(ctx._context, self._alpn_callback, ffi.NULL)  # noqa: SLF001
         return ctx
 
     def choose(self, sni: str | None) -> SSL.Context | None:
@@ -152,6 +152,25 @@ class ServerContexts:
                 if wild in g.names:
                     return g.ctx
         return self.default
+
+    def _on_alpn(self, ssl: object, out: Any, outlen: Any, data: Any, length: int,
+                 arg: object) -> int:
+        try:
+            raw = bytes(ffi.buffer(data, length))
+            offered, i = [], 0
+            while i < len(raw):
+                n = raw[i]
+                offered.append(raw[i + 1 : i + 1 + n])
+                i += 1 + n
+            for proto in self.cfg.alpn:  # the server's order of preference
+                if proto in offered:
+                    out[0] = self._alpn_wire[proto]
+                    outlen[0] = len(proto)
+                    return _TLSEXT_ERR_OK
+            log.info("no ALPN protocol in common: client offered %r", offered)
+        except Exception:  # noqa: BLE001
+            log.exception("ALPN selection failed")
+        return _TLSEXT_ERR_ALERT_FATAL  # OpenSSL sends no_application_protocol
 
     def _on_servername(self, ssl: object, alert: object, arg: object) -> int:
         try:
