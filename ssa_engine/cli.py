@@ -52,6 +52,16 @@ def serve(
     handshake_timeout: Annotated[
         float, typer.Option(help="Seconds a TLS handshake may take.", min=0.1, max=3600)
     ] = 10.0,
+    certificate: Annotated[
+        list[str] | None,
+        typer.Option("--certificate", help="Store certificate served by listeners that bring "
+                     "none (repeat; the first is the default).", show_default=False),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option("--state-dir", envvar=paths.ENV_STATE_DIR, show_default=False,
+                     help="Certificate store and other state."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the engine in the foreground (systemd, a terminal, a container)."""
@@ -63,9 +73,10 @@ def serve(
     if level not in LEVELS:
         typer.echo(f"ssa-engine: unknown level {level!r}; one of {', '.join(LEVELS)}", err=True)
         raise typer.Exit(code=2)
-    policy = replace(with_level(DEFAULT_POLICY, level), handshake_timeout=handshake_timeout)
+    policy = replace(with_level(DEFAULT_POLICY, level), handshake_timeout=handshake_timeout,
+                     server_certificates=tuple(certificate or ()))
     try:
-        run(socket or paths.engine_socket(), policy)
+        run(socket or paths.engine_socket(), policy, state_dir)
     except EngineError as exc:
         typer.echo(f"ssa-engine: {exc}", err=True)
         raise typer.Exit(code=1) from None

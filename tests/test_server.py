@@ -332,3 +332,33 @@ def test_asyncio_start_server(pki) -> None:  # type: ignore[no-untyped-def]
             return answer
 
     assert asyncio.run(main()) == b"async:ping\n"
+
+
+def test_administrator_certificates_from_the_store(pki, sni_pki, engine_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import sys
+
+    state = tmp_path / "state"
+    env = dict(os.environ, SSA_STATE_DIR=str(state))
+    for name, pair in (("alpha", sni_pki["alpha"]), ("beta", sni_pki["beta"])):
+        res = subprocess.run([sys.executable, "-m", "ssa_admin", "cert", "import", name,
+                              "--cert", str(pair.cert), "--key", str(pair.key)],
+                             capture_output=True, text=True, timeout=60, env=env)
+        assert res.returncode == 0, res.stderr
+    eng = engine_factory("--state-dir", str(state), "--certificate", "alpha",
+                         "--certificate", "beta")
+    lst = ssa_engine.TLSSocket(engine_socket=eng.socket)
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()  # the program brings no certificate: the administrator's are served
+    srv = Server(lst)
+    try:
+        assert curl(srv.port, "beta.test", pki.ca.pem).returncode == 0
+        assert "CN = alpha.test" in s_client(srv.port, pki.ca.pem, "-noservername")
+    finally:
+        srv.close()
+    # a name the store does not have is a clear refusal at listen()
+    eng2 = engine_factory("--state-dir", str(state), "--certificate", "gamma")
+    with ssa_engine.TLSSocket(engine_socket=eng2.socket) as lst2:
+        with pytest.raises(OSError) as e:
+            lst2.listen()
+        assert e.value.errno == errno.EPROTO and "'gamma'" in str(e.value)

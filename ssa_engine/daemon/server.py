@@ -14,8 +14,9 @@ import stat
 import time
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, paths
 from ..policy import DEFAULT_POLICY, Policy
+from ..store import Store
 from . import fastio
 from .identity import PeerIdentity, peer_identity
 from .session import Session
@@ -32,9 +33,11 @@ class EngineError(Exception):
 
 
 class Engine:
-    def __init__(self, socket_path: Path, policy: Policy = DEFAULT_POLICY) -> None:
+    def __init__(self, socket_path: Path, policy: Policy = DEFAULT_POLICY,
+                 state_dir: Path | None = None) -> None:
         self.socket_path = socket_path
         self.policy = policy
+        self.store = Store(state_dir if state_dir is not None else paths.state_dir())
         self.contexts = ContextCache()
         self.sessions: set[Session] = set()
         self.sockets = 0
@@ -59,6 +62,8 @@ class Engine:
             "socket": str(self.socket_path),
             "policy": self.policy.source,
             "level": self.policy.level.name,
+            "server_certificates": list(self.policy.server_certificates),
+            "listeners": sum(1 for s in live if s.listener is not None),
             "sockets": len(live),
             "connected": sum(1 for s in live if s.relay is not None and not s.relay.finished),
             "sockets_created_total": self.sockets,
@@ -213,8 +218,8 @@ def raise_nofile_limit() -> None:
             log.warning("could not raise the open-files limit above %d", soft)
 
 
-def run(socket_path: Path, policy: Policy = DEFAULT_POLICY) -> None:
-    engine = Engine(socket_path, policy)
+def run(socket_path: Path, policy: Policy = DEFAULT_POLICY, state_dir: Path | None = None) -> None:
+    engine = Engine(socket_path, policy, state_dir)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

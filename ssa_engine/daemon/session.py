@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from OpenSSL import SSL
 
 from .. import __version__
+from ..policy import Policy
 from ..protocol import (
     PROTOCOL_VERSION,
     REQUEST_TYPES,
@@ -51,13 +52,23 @@ from ..protocol import (
 from ..protocol import options as opt
 from ..protocol.options import IPPROTO_TLS, TLSOption
 from ..protocol.states import Request, SocketState, check
+from ..store import StoreError
 from . import fastio
 from .identity import PeerIdentity
 from .listener import Listener, wait_fd
 from .options import ApiError, SocketOptions
 from .relay import Relay
 from .servertls import ServerConfig, ServerContexts
-from .tlsctx import ClientConfig, CredentialError, describe_handshake_error, ip_literal
+from .tlsctx import (
+    ClientConfig,
+    CredentialError,
+    Credentials,
+    describe_handshake_error,
+    ip_literal,
+    make_credentials,
+    parse_certificates,
+    parse_private_key,
+)
 
 if TYPE_CHECKING:
     from .server import Engine
@@ -461,7 +472,7 @@ class Session:
         try:
             cfg = ServerConfig(
                 settings=o.settings(),
-                credentials=o.all_credentials(),
+                credentials=o.all_credentials() or self._store_credentials(o.policy),
                 client_auth=o.peer_auth,
                 client_trust=tuple(o.extra_trust),
                 alpn=o.alpn,
@@ -469,7 +480,8 @@ class Session:
             )
             if not cfg.credentials:
                 raise ApiError(errno.EPROTO, "a TLS listener needs a certificate: set "
-                               "TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY before listen()")
+                               "TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY before listen(), or "
+                               f"list certificates for this program in the {o.policy.source}")
             if cfg.client_auth and not cfg.client_trust:
                 raise ApiError(errno.EPROTO, "TLS_REQUEST_PEER_AUTH needs the client CA: set "
                                "TLS_TRUSTED_PEER_CERTIFICATES")
@@ -490,6 +502,19 @@ class Session:
         self.state = SocketState.LISTENING
         self.listener.start()
         log.info("%s: listening on %s", self._who(), self.listener.address())
+
+    def _store_credentials(self, policy: Policy) -> tuple[Credentials, ...]:
+        """The administrator's certificates for this program, from the store."""
+        found = []
+        for name in policy.server_certificates:
+            try:
+                entry = self.engine.store.current(name)
+                chain = parse_certificates(entry.fullchain_pem, f"store certificate {name}")
+                found.append(make_credentials(chain, parse_private_key(entry.key_pem)))
+            except (StoreError, CredentialError) as exc:
+                raise ApiError(errno.EPROTO, f"certificate {name!r} from the store, named in "
+                               f"the {policy.source}: {exc}") from None
+        return tuple(found)
 
     def _offer(self, conn: SSL.Connection, tcp: socket.socket, sni: str | None) -> None:
         """A verified connection: hand it to the application's accept()."""

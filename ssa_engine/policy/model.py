@@ -34,6 +34,9 @@ class Policy:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     #: option names the application may relax (e.g. "min_version", "ciphers")
     app_overrides: frozenset[str] = frozenset()
+    #: store names of the certificates this program's listeners serve when it
+    #: supplies none; the first is the default (no SNI, or no match)
+    server_certificates: tuple[str, ...] = ()
 
     @property
     def effective_min_version(self) -> int:
