@@ -370,6 +370,10 @@ class Store:
         with self._locked(name, lock):
             old = self.current_version(name)
             meta = dataclasses.replace(old.meta, acme=acme)
+            for entry in os.listdir(old.path):  # left by a writer killed here before
+                if entry.startswith(f".{META}.tmp-"):
+                    with contextlib.suppress(OSError):
+                        (old.path / entry).unlink()
             try:
                 fsutil.replace_file(old.path / META, meta.dumps(), fsutil.PUBLIC_MODE)
             except OSError as exc:
