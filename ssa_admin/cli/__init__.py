@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from . import cert as _cert
 from . import status as _status
 
 app = typer.Typer(
@@ -12,6 +13,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 app.command("status")(_status.status)
+app.add_typer(_cert.app, name="cert")
 
 
 def main() -> None:
