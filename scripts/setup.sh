@@ -24,3 +24,11 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     -e '.[test]'
+
+# sslyze grades the engine's servers in the tests. It pins an older
+# cryptography than ssa needs, so it lives in its own virtual environment.
+if [ ! -x .tools/sslyze/bin/sslyze ]; then
+    echo "setup: installing sslyze into .tools/sslyze" >&2
+    "$PYTHON" -m venv .tools/sslyze
+    .tools/sslyze/bin/pip install --quiet --disable-pip-version-check sslyze
+fi
