@@ -336,40 +336,44 @@ def test_failed_switch_leaves_the_previous_version_current(
 _KILLER = textwrap.dedent("""
     import os, signal, sys
     from ssa_engine.store import Store, read_material
-    root, cert, key, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    cert, key, roots = sys.argv[1], sys.argv[2], sys.argv[3:]
     material = read_material(cert, key)
-    real, calls = os.fsync, [0]
-    def fsync(fd):
-        calls[0] += 1
-        if calls[0] == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)  # a crash right before this fsync
-        real(fd)
-    os.fsync = fsync
-    Store(root).add("web", material)
-    print(calls[0])
+    # one interpreter start, then a fork per crash point (this process has no threads)
+    for kill_at, root in enumerate(roots, 1):
+        pid = os.fork()
+        if pid == 0:
+            real, calls = os.fsync, [0]
+            def fsync(fd):
+                calls[0] += 1
+                if calls[0] == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)  # a crash right before this fsync
+                real(fd)
+            os.fsync = fsync
+            try:
+                Store(root).add("web", material)
+            finally:
+                os._exit(100 + calls[0])
+        _, status = os.waitpid(pid, 0)
+        print(kill_at, os.waitstatus_to_exitcode(status), flush=True)
 """)
 
 
 def test_killed_writer_never_leaves_a_partial_version(tmp_path: Path, pki: PKI) -> None:
     """SIGKILL the writer at each fsync of a new version: the store stays consistent."""
     fsyncs = 8  # five files, the temp folder, versions/, the name folder after the switch
-    procs = []
-    for kill_at in range(1, fsyncs + 2):  # the last run is not killed
-        root = tmp_path / f"s{kill_at}"
+    roots = [tmp_path / f"s{kill_at}" for kill_at in range(1, fsyncs + 2)]  # the last: no kill
+    for root in roots:
         Store(root).add("web", read_material(pki.server.cert, pki.server.key))
-        procs.append((kill_at, root, subprocess.Popen(
-            [sys.executable, "-c", _KILLER, str(root), str(pki.server_rsa.cert),
-             str(pki.server_rsa.key), str(kill_at)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
-    for kill_at, root, proc in procs:
-        out, err = proc.communicate(timeout=20)
+    proc = subprocess.run([sys.executable, "-c", _KILLER, str(pki.server_rsa.cert),
+                           str(pki.server_rsa.key), *map(str, roots)],
+                          cwd=REPO, capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    results = dict(tuple(map(int, line.split())) for line in proc.stdout.splitlines())
+    assert results == {**{k: -9 for k in range(1, fsyncs + 1)}, fsyncs + 1: 100 + fsyncs}
+    for kill_at, root in enumerate(roots, 1):
         store = Store(root)
-        if kill_at <= fsyncs:
-            assert proc.returncode == -9, err.decode()
-        else:
-            assert proc.returncode == 0 and int(out) == fsyncs, err.decode()
         # the switch is the rename before the last fsync: from then on 2 is current
-        switched = kill_at > fsyncs - 1
+        switched = kill_at >= fsyncs
         _assert_intact(store, "web", pki.server_rsa.cert if switched else pki.server.cert,
                        2 if switched else 1)
         published = [v.number for v in store.versions("web")]
