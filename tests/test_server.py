@@ -362,3 +362,66 @@ def test_administrator_certificates_from_the_store(pki, sni_pki, engine_factory,
         with pytest.raises(OSError) as e:
             lst2.listen()
         assert e.value.errno == errno.EPROTO and "'gamma'" in str(e.value)
+
+
+def _pha_listener(pki):  # type: ignore[no-untyped-def]
+    lst = ssa_engine.socket()
+    lst.setsockopt(IPPROTO_TLS, ssa_engine.TLS_CERTIFICATE_CHAIN, pki.server.chain)
+    lst.setsockopt(IPPROTO_TLS, ssa_engine.TLS_PRIVATE_KEY, pki.server.key)
+    # the listener trusts the client CA but asks for no certificate in the handshake
+    lst.setsockopt(IPPROTO_TLS, ssa_engine.TLS_TRUSTED_PEER_CERTIFICATES, pki.ca.pem)
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()
+    return lst
+
+
+def _s_client(port: int, pki, *extra: str) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+    return subprocess.Popen(
+        ["openssl", "s_client", "-quiet", "-connect", f"127.0.0.1:{port}", "-CAfile",
+         str(pki.ca.pem), "-verify_return_error", *extra],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _stop(client: subprocess.Popen[bytes]) -> None:
+    client.kill()
+    client.wait()
+    for f in (client.stdin, client.stdout, client.stderr):
+        if f:
+            f.close()
+
+
+@pytest.mark.parametrize("with_cert", [True, False])
+def test_post_handshake_authentication(pki, with_cert: bool) -> None:  # type: ignore[no-untyped-def]
+    lst = _pha_listener(pki)
+    cert = ["-cert", str(pki.client.cert), "-key", str(pki.client.key)] if with_cert else []
+    client = _s_client(lst.getsockname()[1], pki, "-enable_pha", *cert)
+    try:
+        with lst:
+            conn, _ = lst.accept()
+            with conn:
+                assert conn.getsockopt(IPPROTO_TLS, ssa_engine.TLS_PEER_IDENTITY) == b""
+                if with_cert:
+                    conn.setsockopt(IPPROTO_TLS, ssa_engine.TLS_REQUEST_PEER_AUTH, 1)
+                    assert conn.getsockopt(IPPROTO_TLS, ssa_engine.TLS_PEER_IDENTITY) == (
+                        b"/C=US/O=Example/CN=app-client")
+                else:  # requested, not required: the connection goes on anonymously
+                    conn.setsockopt(IPPROTO_TLS, ssa_engine.TLS_REQUEST_PEER_AUTH, 2)
+                    assert conn.getsockopt(IPPROTO_TLS, ssa_engine.TLS_PEER_IDENTITY) == b""
+                conn.sendall(b"still here\n")
+                assert client.stdout is not None
+                assert client.stdout.readline() == b"still here\n"
+    finally:
+        _stop(client)
+
+
+def test_post_handshake_authentication_needs_tls13(pki) -> None:  # type: ignore[no-untyped-def]
+    lst = _pha_listener(pki)
+    client = _s_client(lst.getsockname()[1], pki, "-tls1_2")
+    try:
+        with lst:
+            conn, _ = lst.accept()
+            with conn, pytest.raises(OSError) as e:
+                conn.setsockopt(IPPROTO_TLS, ssa_engine.TLS_REQUEST_PEER_AUTH, 1)
+            assert e.value.errno == errno.EOPNOTSUPP
+    finally:
+        _stop(client)

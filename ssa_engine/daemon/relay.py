@@ -87,6 +87,7 @@ class Relay:
         self._write_wants_read = False
         self._read_wants_write = False
         self._shutdown_pending = False
+        self._handshake_pending = False
         self.app_eof = False  # application will send nothing more
         self.peer_eof = False  # close_notify received
         self.sent_close_notify = False
@@ -249,8 +250,23 @@ class Relay:
         self.sent_close_notify = True
         self._maybe_finish()
 
+    def send_handshake(self) -> None:
+        """Write pending handshake messages now (a post-handshake certificate request)."""
+        try:
+            self._conn.do_handshake()
+            self._handshake_pending = False
+        except SSL.WantWriteError:
+            self._handshake_pending = True
+            self._tcp_writing(True)
+        except SSL.WantReadError:
+            self._handshake_pending = False  # sent; the answer comes through SSL_read
+        except SSL.Error as exc:
+            self._fatal(errno.EPROTO, f"TLS error: {_text(exc)}")
+
     def _on_tcp_writable(self) -> None:
         self._tcp_writing(False)
+        if self._handshake_pending:
+            self.send_handshake()
         if self._up_pending():
             self._flush_up()
         if self._read_wants_write:

@@ -123,14 +123,16 @@ class ServerContexts:
             if cfg.client_auth == 1:
                 mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
             ctx.set_verify(mode)
-            if cfg.client_trust_store:
-                ctx.load_verify_locations(cfg.client_trust_store)
-            store = ctx.get_cert_store()
-            assert store is not None
-            for der in cfg.client_trust:
-                cert = crypto.X509.from_cryptography(x509.load_der_x509_certificate(der))
-                store.add_cert(cert)
-                ctx.add_client_ca(cert)
+        # the client CAs are loaded even when the handshake asks for no
+        # certificate: post-handshake authentication verifies against them
+        if cfg.client_trust_store:
+            ctx.load_verify_locations(cfg.client_trust_store)
+        store = ctx.get_cert_store()
+        assert store is not None
+        for der in cfg.client_trust:
+            cert = crypto.X509.from_cryptography(x509.load_der_x509_certificate(der))
+            store.add_cert(cert)
+            ctx.add_client_ca(cert)
         if cfg.alpn:
             lib.SSL_CTX_set_alpn_select_cb(ctx._context, self._alpn_callback, ffi.NULL)  # noqa: SLF001
         return ctx

@@ -21,6 +21,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from OpenSSL import SSL
+from OpenSSL._util import lib
 
 from .. import __version__
 from ..policy import Policy
@@ -81,6 +82,8 @@ MAX_FDS = 4
 #: are no longer read.
 MAX_QUEUED_REPLIES = 256 * 1024
 _RECV_SIZE = 256 * 1024
+_CB_ACCEPT_LOOP = 0x2001  # SSL_CB_ACCEPT_LOOP (ssl.h)
+_CB_ACCEPT_EXIT = 0x2002  # SSL_CB_ACCEPT_EXIT
 #: bytes of buffer each direction of an accepted socket's plaintext pair gets
 _PAIR_BUFFER = 1024 * 1024
 
@@ -117,6 +120,8 @@ class Session:
         self.listener: Listener | None = None
         self.bound: socket.socket | None = None  # the outside listening socket
         self.sni: str | None = None
+        self.pha_timer: asyncio.TimerHandle | None = None
+        self.pha_read_finished = False
         self.hello_done = False
         self.state: SocketState | None = None
         self.socket_id = 0
@@ -317,6 +322,10 @@ class Session:
             raise ApiError(errno.ENOPROTOOPT, f"TLS_{name.name} can only be read")
         if not spec.implemented:
             raise ApiError(errno.ENOPROTOOPT, f"TLS_{name.name} is not supported by this engine yet")
+        if (name is TLSOption.REQUEST_PEER_AUTH and self.role == "server"
+                and self.state is SocketState.CONNECTED):
+            self._post_handshake_auth(m.int_value)  # answered when the client has replied
+            return
         self._require(Request.SET_TLS_OPTION)
         if spec.is_int and m.int_value is None:
             raise ApiError(errno.EINVAL, f"TLS_{name.name} takes an int value")
@@ -539,6 +548,61 @@ class Session:
         except OSError:
             log.warning("%s: the application stopped accepting", self._who())
 
+    def _post_handshake_auth(self, mode: int | None) -> None:
+        """TLS 1.3 post-handshake authentication (RFC 8446 section 4.6.2)."""
+        conn = self.conn
+        assert conn is not None and self.relay is not None and self.options is not None
+        if mode not in (1, 2):
+            raise ApiError(errno.EINVAL, "TLS_REQUEST_PEER_AUTH on an accepted socket: 1 "
+                           "(require) or 2 (request)")
+        if conn.get_protocol_version_name() != "TLSv1.3":
+            raise ApiError(errno.EOPNOTSUPP, "post-handshake authentication needs TLS 1.3 "
+                           "(TLS 1.2 renegotiation is disabled)")
+        if not self.options.extra_trust:
+            raise ApiError(errno.EPROTO, "post-handshake authentication needs the client CA: "
+                           "set TLS_TRUSTED_PEER_CERTIFICATES on the listener")
+        if self.pha_timer is not None:
+            raise ApiError(errno.EALREADY, "a client certificate request is already running")
+        flags = SSL.VERIFY_PEER | lib.SSL_VERIFY_POST_HANDSHAKE
+        if mode == 1:
+            flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        conn.set_verify(flags)
+        if lib.SSL_verify_client_post_handshake(conn._ssl) != 1:  # noqa: SLF001
+            lib.ERR_clear_error()
+            raise ApiError(errno.EPROTO, "the client does not offer post-handshake "
+                           "authentication")
+        conn.set_info_callback(self._on_info)
+        self.pha_timer = self.loop.call_later(self.options.policy.handshake_timeout,
+                                              self._pha_finished, errno.ETIMEDOUT,
+                                              "the client did not answer the certificate "
+                                              "request in time")
+        self.relay.send_handshake()
+
+    def _on_info(self, conn: SSL.Connection, where: int, ret: int) -> None:
+        # Called from inside SSL_read: only note progress and schedule the reply.
+        # OpenSSL reports no HANDSHAKE_DONE after post-handshake authentication;
+        # it is complete when the accept loop exits after reading the client's
+        # Finished (which follows its Certificate, empty or not).
+        if self.pha_timer is None:
+            return
+        if where & _CB_ACCEPT_LOOP == _CB_ACCEPT_LOOP and conn.get_state_string() == (
+                b"SSLv3/TLS read finished"):
+            self.pha_read_finished = True
+        elif where & _CB_ACCEPT_EXIT == _CB_ACCEPT_EXIT and self.pha_read_finished:
+            self.pha_read_finished = False
+            self.loop.call_soon(self._pha_finished, 0, "")
+
+    def _pha_finished(self, code: int, message: str) -> None:
+        if self.pha_timer is None:
+            return
+        self.pha_timer.cancel()
+        self.pha_timer = None
+        if code:
+            self.last_error = message
+            self.send(Error(errno=code, message=message))
+        else:
+            self.send(Ok())
+
     def adopt_accepted(self, listener: Session, conn: SSL.Connection, tcp: socket.socket,
                        data: socket.socket, sni: str | None) -> None:
         """Become the engine side of an accepted socket."""
@@ -550,6 +614,7 @@ class Session:
         self.options = SocketOptions(policy=listener.options.policy)
         self.options.alpn = listener.options.alpn
         self.options.server_name = listener.options.server_name
+        self.options.extra_trust = list(listener.options.extra_trust)
         self.state = SocketState.CONNECTED
         self.conn = conn
         self.tcp = tcp
@@ -741,6 +806,9 @@ class Session:
 
     # -- stream end -----------------------------------------------------------
     def _on_stream_end(self, code: int, message: str) -> None:
+        if self.pha_timer is not None:
+            self._pha_finished(errno.EPROTO, f"client certificate refused: {message}"
+                               if code else "the client closed the connection")
         if code:
             self.state = SocketState.BROKEN
             self.last_error = message
