@@ -142,14 +142,7 @@ class Listener:
         fd = tcp.fileno()
         try:
             async with asyncio.timeout(self.timeout):
-                while True:
-                    try:
-                        conn.do_handshake()
-                        break
-                    except SSL.WantReadError:
-                        await wait_fd(self.loop, fd, write=False)
-                    except SSL.WantWriteError:
-                        await wait_fd(self.loop, fd, write=True)
+                await handshake(self.loop, conn, fd)
         except TimeoutError:
             self._refuse(tcp, addr, f"handshake timeout after {self.timeout:g} s")
             return
@@ -186,6 +179,18 @@ class Listener:
             task.cancel()
         self.tcp.close()
         self.notify.close()
+
+
+async def handshake(loop: asyncio.AbstractEventLoop, conn: SSL.Connection, fd: int) -> None:
+    """Drive a non-blocking handshake on ``fd`` to its end (or its exception)."""
+    while True:
+        try:
+            conn.do_handshake()
+            return
+        except SSL.WantReadError:
+            await wait_fd(loop, fd, write=False)
+        except SSL.WantWriteError:
+            await wait_fd(loop, fd, write=True)
 
 
 async def wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:

@@ -56,7 +56,7 @@ from ..protocol.states import Request, SocketState, check
 from ..store import StoreError
 from . import fastio
 from .identity import PeerIdentity
-from .listener import Listener, wait_fd
+from .listener import Listener, handshake
 from .options import ApiError, SocketOptions
 from .relay import Relay
 from .servertls import ServerConfig, ServerContexts
@@ -742,7 +742,7 @@ class Session:
         self.conn = conn
         try:
             async with asyncio.timeout(policy.handshake_timeout):
-                await self._handshake(conn, self.tcp.fileno())
+                await handshake(self.loop, conn, self.tcp.fileno())
         except TimeoutError:
             raise ApiError(errno.ETIMEDOUT, f"TLS handshake timeout: no answer from {self.remote} "
                            f"within {policy.handshake_timeout:g} s") from None
@@ -751,19 +751,6 @@ class Session:
         code, text = fastio.verify_result(conn)
         if code != 0:  # defence in depth: VERIFY_PEER already enforces this
             raise ApiError(errno.EPROTO, f"certificate verification failed: {text}")
-        if o.alpn and not conn.get_alpn_proto_negotiated():
-            # the server ignored ALPN: report it, the application decides
-            pass
-
-    async def _handshake(self, conn: SSL.Connection, fd: int) -> None:
-        while True:
-            try:
-                conn.do_handshake()
-                return
-            except SSL.WantReadError:
-                await wait_fd(self.loop, fd, write=False)
-            except SSL.WantWriteError:
-                await wait_fd(self.loop, fd, write=True)
 
     async def _tcp_connect(self, host: str, port: int, timeout: float) -> socket.socket:
         literal = ip_literal(host)
