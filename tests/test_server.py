@@ -272,7 +272,7 @@ def test_alpn_on_the_server(pki, serve) -> None:  # type: ignore[no-untyped-def]
     assert "NO APPLICATION PROTOCOL" in str(e.value).upper().replace("_", " ")
 
 
-def test_bad_clients_never_reach_accept(pki, serve) -> None:  # type: ignore[no-untyped-def]
+def test_bad_clients_never_reach_accept(pki, serve, engine) -> None:  # type: ignore[no-untyped-def]
     srv = serve()
     port = srv.port
     bad: list[socket.socket] = []
@@ -308,6 +308,15 @@ def test_bad_clients_never_reach_accept(pki, serve) -> None:  # type: ignore[no-
         s.close()
     assert not errors, errors[:3]
     assert len(srv.accepted) == 200
+    # each refused handshake is logged with its reason
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        log = engine.log.read_text()
+        if log.count(f"listener 127.0.0.1:{port}: refused") >= 3:
+            break
+        time.sleep(0.1)
+    assert f"listener 127.0.0.1:{port}: refused" in log
+    assert "handshake failed" in log
 
 
 def test_asyncio_start_server(pki) -> None:  # type: ignore[no-untyped-def]

@@ -146,6 +146,11 @@ class Listener:
         except TimeoutError:
             self._refuse(tcp, addr, f"handshake timeout after {self.timeout:g} s")
             return
+        except SSL.SysCallError as exc:
+            reason = ("the client closed the connection" if exc.args and exc.args[0] == -1
+                      else "the client reset the connection")
+            self._refuse(tcp, addr, f"handshake failed: {reason}")
+            return
         except SSL.Error as exc:
             self._refuse(tcp, addr, f"handshake failed: {_openssl_text(exc) or type(exc).__name__}")
             return
