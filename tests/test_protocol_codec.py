@@ -22,6 +22,9 @@ from ssa_engine.protocol import (
     MAX_PAYLOAD,
     MAX_STRING,
     REQUEST_TYPES,
+    Accepted,
+    Bind,
+    Bound,
     Closed,
     Connect,
     Connected,
@@ -31,6 +34,7 @@ from ssa_engine.protocol import (
     GetSockOpt,
     Hello,
     HelloOk,
+    Listen,
     Message,
     MessageType,
     Ok,
@@ -65,12 +69,17 @@ SAMPLES: list[Message] = [
     SetSockOpt(level=205, optname=111, int_value=-(2**63)),
     GetSockOpt(level=6, optname=1, buflen=4),
     Connect(host="www.example.com", port=443, filler=2068160),
+    Bind(host="::1", port=8443),
+    Listen(backlog=4096),
     StatusRequest(),
     HelloOk(version=1, software="ssa-engine 0.1.0"),
     Ok(value=b"\x00\xff", int_value=2**63 - 1, socket_id=2**64 - 1),
     Error(errno=errno.EPROTO, message="certificate verify failed: ünïcode ✓"),
     Connected(local_host="::1", local_port=50312, peer_host="203.0.113.5", peer_port=443),
     ConnectFailed(errno=errno.ECONNREFUSED, message="cannot connect to exämple.org port 443"),
+    Bound(local_host="::", local_port=65535),
+    Accepted(socket_id=2**64 - 1, local_host="192.0.2.10", local_port=8443,
+             peer_host="2001:db8::7", peer_port=50312),
     Closed(errno=0, message=""),
     StatusReply(document='{"engine": "ssa-engine 0.1.0"}'),
 ]
@@ -80,6 +89,10 @@ MINIMAL: list[Message] = [
     SetSockOpt(level=1, optname=9, int_value=1),
     GetSockOpt(level=205, optname=96),
     Connect(host="h", port=1),
+    Bind(host="", port=0),
+    Listen(backlog=0),
+    Bound(local_host="0.0.0.0", local_port=1),
+    Accepted(socket_id=0, local_host="", local_port=0, peer_host="", peer_port=0),
     HelloOk(version=1),
     Ok(),
     Error(errno=errno.EINVAL),
@@ -94,6 +107,11 @@ EXAMPLES: dict[str, Message] = {
     "ok-empty": Ok(),
     "connect": Connect(host="www.example.com", port=443),
     "connect-failed": ConnectFailed(errno=errno.ECONNREFUSED, message="connection refused"),
+    "bind": Bind(host="", port=8443),
+    "bound": Bound(local_host="0.0.0.0", local_port=8443),
+    "listen": Listen(backlog=128),
+    "accepted": Accepted(socket_id=9, local_host="192.0.2.10", local_port=8443,
+                         peer_host="198.51.100.7", peer_port=50312),
 }
 
 
@@ -255,6 +273,10 @@ def test_fields_in_any_order_are_accepted() -> None:
          ConnectFailed(errno=111, message="")),
         (MessageType.CLOSED, field(15, struct.pack("!I", 0)), Closed(errno=0, message="")),
         (MessageType.OK, b"", Ok(value=None, int_value=None, socket_id=None)),
+        # an empty HOST is valid in BIND (every address), unlike in CONNECT
+        (MessageType.BIND, field(12, b"") + field(13, struct.pack("!H", 0)),
+         Bind(host="", port=0)),
+        (MessageType.LISTEN, field(24, struct.pack("!I", 0)), Listen(backlog=0)),
     ],
 )
 def test_absent_optional_fields_take_their_defaults(msg_type: int, payload: bytes,
@@ -370,9 +392,57 @@ def test_doc_examples_literal() -> None:
         "000f 00000004 0000006f"
         "0010 00000012 636f6e6e656374696f6e2072656675736564"
     )
+    assert encode(EXAMPLES["bind"]) == bytes.fromhex(
+        "0000000e 0006 0000"
+        "000c 00000000"
+        "000d 00000002 20fb"
+    )
+    assert encode(EXAMPLES["bound"]) == bytes.fromhex(
+        "00000015 0025 0000"
+        "0012 00000007 302e302e302e30"
+        "0013 00000002 20fb"
+    )
+    assert encode(EXAMPLES["listen"]) == bytes.fromhex(
+        "0000000a 0007 0000"
+        "0018 00000004 00000080"
+    )
+    assert encode(EXAMPLES["accepted"]) == bytes.fromhex(
+        "00000040 0026 0000"
+        "0011 00000008 0000000000000009"
+        "0012 0000000a 3139322e302e322e3130"
+        "0013 00000002 20fb"
+        "0014 0000000c 3139382e35312e3130302e37"
+        "0015 00000002 c488"
+    )
 
 
 # -- the spec's tables against the code ------------------------------------------------------
+
+
+def test_doc_contents_and_section_references_point_at_real_sections() -> None:
+    text = _doc()
+    headings = re.findall(r"^## (\d+)\. (.+)$", text, flags=re.M)
+    numbers = [int(n) for n, _ in headings]
+    assert numbers == list(range(1, len(numbers) + 1))
+    # the contents list: one entry per section, with the anchor GitHub makes
+    contents = re.findall(r"^(\d+)\. \[(.+)\]\(#([\w-]+)\)$", text, flags=re.M)
+    assert [(int(n), title) for n, title, _ in contents] == [(int(n), t) for n, t in headings]
+    anchors = set()
+    for n, title in headings:
+        anchor = re.sub(r"[^\w\- ]", "", f"{n}. {title}".lower()).replace(" ", "-")
+        anchors.add(anchor)
+    assert {a for _, _, a in contents} == anchors
+    assert set(re.findall(r"\]\(#([\w-]+)\)", text)) <= anchors
+    # "section N" and "section N.M" (not ARCHITECTURE.md's or an RFC's) exist here
+    subsections = set(re.findall(r"^### (\d+\.\d+) ", text, flags=re.M))
+    for match in re.finditer(r"(\S+ \S+ )?section (\d+(?:\.\d+)?)", text):
+        before, ref = match.group(1) or "", match.group(2)
+        if "ARCHITECTURE.md" in before or "RFC" in before:
+            continue
+        if "." in ref:
+            assert ref in subsections, match.group(0)
+        else:
+            assert int(ref) in numbers, match.group(0)
 
 
 def test_doc_field_tag_table_matches_the_code() -> None:
@@ -391,18 +461,74 @@ def test_doc_message_type_table_matches_the_code() -> None:
 
 
 def test_message_type_ranges() -> None:
-    # docs: 1-31 requests, 32-47 replies, 48+ events and admin replies
+    # docs: 1-31 requests, 32-47 replies and results (and ACCEPTED, an event),
+    # 48+ events and admin replies
     requests = {MessageType.HELLO, MessageType.SOCKET, MessageType.SETSOCKOPT,
-                MessageType.GETSOCKOPT, MessageType.CONNECT, MessageType.STATUS}
+                MessageType.GETSOCKOPT, MessageType.CONNECT, MessageType.BIND,
+                MessageType.LISTEN, MessageType.STATUS}
     assert {t for t in MessageType if t < 32} == requests
     assert {t for t in MessageType if 32 <= t < 48} == {
         MessageType.HELLO_OK, MessageType.OK, MessageType.ERROR, MessageType.CONNECTED,
-        MessageType.CONNECT_FAILED}
+        MessageType.CONNECT_FAILED, MessageType.BOUND, MessageType.ACCEPTED}
     assert {t for t in MessageType if t >= 48} == {MessageType.CLOSED, MessageType.STATUS_REPLY}
-    assert [t for t in MessageType if MESSAGE_TYPES[t].FD_COUNT] == [MessageType.CONNECT]
-    assert Connect.FD_COUNT == 1
     assert int(MessageType.CONNECT_FAILED) == 36
     assert MESSAGE_TYPES[MessageType.CONNECT_FAILED] is ConnectFailed
+    numbers = {MessageType.BIND: 6, MessageType.LISTEN: 7, MessageType.BOUND: 37,
+               MessageType.ACCEPTED: 38}
+    for t, number in numbers.items():
+        assert int(t) == number
+    assert MESSAGE_TYPES[MessageType.BIND] is Bind
+    assert MESSAGE_TYPES[MessageType.LISTEN] is Listen
+    assert MESSAGE_TYPES[MessageType.BOUND] is Bound
+    assert MESSAGE_TYPES[MessageType.ACCEPTED] is Accepted
+
+
+def test_fd_counts() -> None:
+    # docs section 7: CONNECT and LISTEN carry 1 descriptor, ACCEPTED 2, nothing else any
+    counts = {t: MESSAGE_TYPES[t].FD_COUNT for t in MessageType}
+    assert {t: n for t, n in counts.items() if n} == {
+        MessageType.CONNECT: 1, MessageType.LISTEN: 1, MessageType.ACCEPTED: 2}
+    assert Connect.FD_COUNT == Listen.FD_COUNT == 1
+    assert Accepted.FD_COUNT == 2
+    assert Bind.FD_COUNT == Bound.FD_COUNT == Message.FD_COUNT == 0
+    # the app sends descriptors only with requests, the engine only with ACCEPTED
+    assert {t for t, n in counts.items() if n and t < 32} <= REQUEST_TYPES
+    assert {t for t, n in counts.items() if n and t >= 32} == {MessageType.ACCEPTED}
+    # an instance says the same as its class (ClassVar, not a field)
+    assert Accepted(socket_id=1, local_host="a", local_port=1, peer_host="b",
+                    peer_port=2).FD_COUNT == 2
+    assert "FD_COUNT" not in {f.name for f in dataclasses.fields(Accepted)}
+
+
+def test_doc_fd_passing_table_matches_fd_counts() -> None:
+    text = _doc()
+    section = text[text.index("## 7. File descriptor passing"):text.index("## 8. ")]
+    table = section[section.index("| frame | direction |"):]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        count = int(cells[2].split(":", 1)[0])
+        rows[MessageType[_name(cells[0])]] = (cells[1], count)
+    expected = {}
+    for t in MessageType:
+        if MESSAGE_TYPES[t].FD_COUNT:
+            direction = "app → engine" if t < 32 else "engine → app"
+            expected[t] = (direction, MESSAGE_TYPES[t].FD_COUNT)
+    assert rows == expected
+
+
+def test_doc_section_headings_carry_the_fd_counts() -> None:
+    # "### 5.n NAME (type), ..., carries N file descriptor(s)" exactly when FD_COUNT > 0
+    headings = re.findall(r"^### 5\.\d+ (\w+) \((\d+)\), (.*)$", _doc(), flags=re.M)
+    assert {MessageType[name] for name, _, _ in headings} == set(MessageType)
+    for name, number, rest in headings:
+        t = MessageType[name]
+        assert int(number) == int(t)
+        m = re.search(r"carries (\d+) file descriptors?", rest)
+        assert (int(m.group(1)) if m else 0) == MESSAGE_TYPES[t].FD_COUNT, name
+        assert rest.startswith("app → engine" if t < 32 else "engine → app"), name
 
 
 def test_request_types_are_exactly_the_app_to_engine_types() -> None:
@@ -455,6 +581,19 @@ def test_every_request_has_documented_answers() -> None:
         assert replies & {MessageType.ERROR, MessageType.CONNECT_FAILED}  # every request can fail
     assert answers[MessageType.CONNECT] == {MessageType.CONNECTED, MessageType.CONNECT_FAILED}
     assert answers[MessageType.STATUS] >= {MessageType.STATUS_REPLY}
+    assert answers[MessageType.BIND] == {MessageType.BOUND, MessageType.ERROR}
+    assert answers[MessageType.LISTEN] == {MessageType.BOUND, MessageType.ERROR}
+
+
+def test_events_never_answer_a_request() -> None:
+    # CLOSED and ACCEPTED are set aside whenever they come (docs section 6.2):
+    # no request may be answered by them
+    answers = _doc_answers()
+    replies = set().union(*answers.values())
+    assert not replies & {MessageType.CLOSED, MessageType.ACCEPTED}
+    rows = {MessageType(int(r[0])): r[4] for r in doc_table("table: message-types")}
+    assert rows[MessageType.ACCEPTED].startswith("event")
+    assert rows[MessageType.CLOSED].startswith("event")
 
 
 def test_deferred_connect_reply_is_distinguishable() -> None:
@@ -489,12 +628,15 @@ def test_doc_message_field_tables_match_the_dataclasses() -> None:
 
 
 def test_doc_limits_table_matches_the_code() -> None:
+    from ssa_engine.daemon.listener import MAX_HANDSHAKES
     from ssa_engine.daemon.session import MAX_FDS, MAX_QUEUED_REPLIES
 
     rows = {_name(r[0]): int(r[1]) for r in doc_table("table: limits")}
     where = {_name(r[0]): _name(r[2]) for r in doc_table("table: limits")}
     assert where["MAX_STRING"] == "protocol/messages.py"
     assert where["MAX_PAYLOAD"] == where["MAX_BUFFER"] == "protocol/codec.py"
+    assert where["MAX_FDS"] == where["MAX_QUEUED_REPLIES"] == "daemon/session.py"
+    assert where["MAX_HANDSHAKES"] == "daemon/listener.py"
     assert rows == {
         "HEADER_SIZE": HEADER_SIZE,
         "MAX_PAYLOAD": MAX_PAYLOAD,
@@ -502,7 +644,10 @@ def test_doc_limits_table_matches_the_code() -> None:
         "MAX_BUFFER": MAX_BUFFER,
         "MAX_FDS": MAX_FDS,
         "MAX_QUEUED_REPLIES": MAX_QUEUED_REPLIES,
+        "MAX_HANDSHAKES": MAX_HANDSHAKES,
     }
+    # every descriptor-carrying frame fits in one engine recvmsg
+    assert max(cls.FD_COUNT for cls in MESSAGE_TYPES.values()) <= MAX_FDS
     assert HEADER_SIZE == 8
     assert MAX_BUFFER == MAX_PAYLOAD + HEADER_SIZE
 
@@ -575,12 +720,33 @@ def test_encoder_refuses_an_oversize_payload() -> None:
         encode(SetSockOpt(level=205, optname=87, value=bytes(near + 5)))
 
 
-def test_nonzero_reserved_bits_refused_before_the_payload() -> None:
+@pytest.mark.parametrize("msg_type", [MessageType.OK, MessageType.BIND, MessageType.LISTEN,
+                                      MessageType.BOUND, MessageType.ACCEPTED])
+def test_nonzero_reserved_bits_refused_before_the_payload(msg_type: MessageType) -> None:
     for reserved in (1, 0x8000, 0xFFFF):
         decoder = Decoder()
-        decoder.receive_data(frame(MessageType.OK, reserved=reserved, length=100))
+        decoder.receive_data(frame(msg_type, reserved=reserved, length=100))
         with pytest.raises(MalformedField, match="reserved"):
             decoder.next_message()
+
+
+@pytest.mark.parametrize("message", [m for m in SAMPLES + MINIMAL if m.TYPE in (
+    MessageType.BIND, MessageType.LISTEN, MessageType.BOUND, MessageType.ACCEPTED)],
+    ids=lambda m: type(m).__name__)
+def test_headers_of_the_server_frames(message: Message) -> None:
+    data = encode(message)
+    assert data[4:6] == struct.pack("!H", int(message.TYPE))
+    assert data[6:8] == b"\x00\x00"
+    assert struct.unpack("!I", data[:4])[0] == len(data) - HEADER_SIZE
+    # every field is written, in ascending tag order (no optional fields here)
+    tags = []
+    offset = HEADER_SIZE
+    while offset < len(data):
+        tag, vlen = struct.unpack_from("!HI", data, offset)
+        tags.append(tag)
+        offset += 6 + vlen
+    assert offset == len(data)
+    assert tags == sorted(int(tag) for _, tag, _ in message.WIRE)
 
 
 def test_max_string_is_one_constant_everywhere() -> None:
@@ -592,7 +758,7 @@ def test_max_string_is_one_constant_everywhere() -> None:
 
 
 def test_unknown_message_type() -> None:
-    for msg_type in (0, 6, 17, 37, 50, 0xFFFF):
+    for msg_type in (0, 8, 15, 17, 31, 39, 47, 50, 0xFFFF):
         with pytest.raises(UnknownMessage):
             decode_one(frame(msg_type))
         with pytest.raises(UnknownMessage):
@@ -600,7 +766,7 @@ def test_unknown_message_type() -> None:
 
 
 @pytest.mark.parametrize("length", [0, 1000, MAX_PAYLOAD])
-@pytest.mark.parametrize("msg_type", [0, 37, 999, 0xFFFF])
+@pytest.mark.parametrize("msg_type", [0, 8, 39, 999, 0xFFFF])
 def test_unknown_type_refused_as_soon_as_the_header_arrives(msg_type: int, length: int) -> None:
     # no payload is buffered (nor waited for) for a type that cannot be decoded
     header = frame(msg_type, length=length)
@@ -647,7 +813,7 @@ def test_unknown_type_behind_a_complete_frame_is_refused_without_its_payload() -
 
 
 def test_unknown_field_tag() -> None:
-    for tag in (0, 24, 0xFFFF):
+    for tag in (0, 25, 0xFFFF):
         with pytest.raises(MalformedField, match="unknown field tag"):
             decode_one(frame(MessageType.OK, field(tag, b"")))
 
@@ -658,6 +824,24 @@ def test_tag_not_part_of_this_message() -> None:
         decode_one(frame(MessageType.STATUS, payload))
     with pytest.raises(MalformedField, match="not part of"):
         decode_one(frame(MessageType.OK, field(FieldTag.ERRNO, struct.pack("!I", 1))))
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "payload"),
+    [
+        # BACKLOG belongs to LISTEN only, HOST/PORT to CONNECT and BIND only
+        (MessageType.BIND, field(12, b"") + field(13, b"\x00\x00") + field(24, bytes(4))),
+        (MessageType.CONNECT, field(12, b"h") + field(13, b"\x00\x01") + field(24, bytes(4))),
+        (MessageType.LISTEN, field(24, bytes(4)) + field(13, b"\x00\x01")),
+        (MessageType.LISTEN, field(24, bytes(4)) + field(14, bytes(4))),  # no FILLER either
+        (MessageType.BOUND, field(18, b"::") + field(19, b"\x00\x01") + field(17, bytes(8))),
+        (MessageType.ACCEPTED, field(17, bytes(8)) + field(18, b"a") + field(19, b"\x00\x01")
+         + field(20, b"b") + field(21, b"\x00\x02") + field(24, bytes(4))),
+    ],
+)
+def test_new_tags_only_where_they_belong(msg_type: int, payload: bytes) -> None:
+    with pytest.raises(MalformedField, match="not part of"):
+        decode_one(frame(msg_type, payload))
 
 
 def test_repeated_field() -> None:
@@ -694,6 +878,12 @@ def test_truncated_field(payload: bytes) -> None:
         (MessageType.OK, FieldTag.SOCKET_ID, 4),
         (MessageType.OK, FieldTag.INT_VALUE, 4),
         (MessageType.OK, FieldTag.INT_VALUE, 9),
+        (MessageType.LISTEN, FieldTag.BACKLOG, 2),
+        (MessageType.LISTEN, FieldTag.BACKLOG, 8),
+        (MessageType.BIND, FieldTag.PORT, 4),
+        (MessageType.BOUND, FieldTag.LOCAL_PORT, 4),
+        (MessageType.ACCEPTED, FieldTag.SOCKET_ID, 4),
+        (MessageType.ACCEPTED, FieldTag.PEER_PORT, 1),
     ],
 )
 def test_wrong_int_size(msg_type: int, tag: FieldTag, size: int) -> None:
@@ -737,6 +927,12 @@ def test_bytes_are_not_limited_by_max_string() -> None:
         (MessageType.ERROR, field(16, b"no errno")),
         (MessageType.STATUS_REPLY, b""),
         (MessageType.CONNECTED, field(18, b"::1") + field(19, b"\x00\x01") + field(20, b"::1")),
+        (MessageType.BIND, field(12, b"")),
+        (MessageType.BIND, field(13, b"\x00\x00")),
+        (MessageType.LISTEN, b""),
+        (MessageType.BOUND, field(18, b"0.0.0.0")),
+        (MessageType.ACCEPTED, field(18, b"a") + field(19, b"\x00\x01") + field(20, b"b")
+         + field(21, b"\x00\x02")),  # no SOCKET_ID
     ],
 )
 def test_missing_required_field(msg_type: int, payload: bytes) -> None:
@@ -797,6 +993,26 @@ _BAD_VALUES: list[tuple[str, type[Message], dict[str, Any]]] = [
     ("connect-failed-errno-negative", ConnectFailed, {"errno": -1}),
     ("connect-failed-errno-too-big", ConnectFailed, {"errno": 1 << 32}),
     ("connect-failed-message-is-bytes", ConnectFailed, {"errno": 1, "message": b"x"}),
+    ("bind-port-too-big", Bind, {"host": "", "port": 65536}),
+    ("bind-port-negative", Bind, {"host": "", "port": -1}),
+    ("bind-host-is-bytes", Bind, {"host": b"::1", "port": 1}),
+    ("bind-host-none", Bind, {"host": None, "port": 1}),
+    ("bind-nul-in-host", Bind, {"host": "127.0.0.1\x00", "port": 1}),
+    ("bind-host-too-long", Bind, {"host": "h" * (MAX_STRING + 1), "port": 1}),
+    ("listen-backlog-negative", Listen, {"backlog": -1}),
+    ("listen-backlog-too-big", Listen, {"backlog": 1 << 32}),
+    ("listen-backlog-none", Listen, {"backlog": None}),
+    ("listen-backlog-bool", Listen, {"backlog": True}),
+    ("bound-port-too-big", Bound, {"local_host": "::", "local_port": 1 << 16}),
+    ("bound-host-none", Bound, {"local_host": None, "local_port": 1}),
+    ("accepted-id-negative", Accepted,
+     {"socket_id": -1, "local_host": "a", "local_port": 1, "peer_host": "b", "peer_port": 2}),
+    ("accepted-id-too-big", Accepted,
+     {"socket_id": 1 << 64, "local_host": "a", "local_port": 1, "peer_host": "b", "peer_port": 2}),
+    ("accepted-peer-port-too-big", Accepted,
+     {"socket_id": 1, "local_host": "a", "local_port": 1, "peer_host": "b", "peer_port": 1 << 16}),
+    ("accepted-peer-host-bytes", Accepted,
+     {"socket_id": 1, "local_host": "a", "local_port": 1, "peer_host": b"b", "peer_port": 2}),
     # str values that the wire cannot carry
     ("nul-in-host", Connect, {"host": "exa\x00mple.org", "port": 443}),
     ("nul-alone", Error, {"errno": 1, "message": "\x00"}),

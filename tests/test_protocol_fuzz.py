@@ -6,12 +6,17 @@
 (c) the sending side: any values given to a message class are refused
     (ValueError) or produce a frame that decodes to an equal message;
 (d) the option table agrees with the numbers pinned in ARCHITECTURE.md
-    section 4 and with docs/protocol.md.
+    section 4 and with docs/protocol.md;
+(e) descriptors: the client library matches the descriptors that travel
+    with engine frames to those frames by FD_COUNT, in order, however the
+    frames are split across sendmsg calls (docs/protocol.md section 7).
 """
 
 from __future__ import annotations
 
+import array
 import dataclasses
+import os
 import socket
 import struct
 from pathlib import Path
@@ -24,10 +29,14 @@ from hypothesis import strategies as st
 from ssa_engine.protocol import (
     HEADER_SIZE,
     MAX_STRING,
+    Accepted,
+    Closed,
     Connect,
     Decoder,
     Hello,
     Message,
+    MessageType,
+    Ok,
     SetSockOpt,
     decode_payload,
     encode,
@@ -264,18 +273,31 @@ def _with_field(cls: type[Message], tag: FieldTag, raw: bytes) -> bytes:
         elif FIELD_KINDS[ftag] is FieldKind.STR:
             value = b"x"
         else:
-            value = (1).to_bytes({FieldKind.U16: 2, FieldKind.U32: 4}[FIELD_KINDS[ftag]], "big")
+            size = {FieldKind.U16: 2, FieldKind.U32: 4, FieldKind.U64: 8}[FIELD_KINDS[ftag]]
+            value = (1).to_bytes(size, "big")
         payload += struct.pack("!HI", ftag, len(value)) + value
     return struct.pack("!IHH", len(payload), cls.TYPE, 0) + payload
 
 
+#: every (message, str field) pair: BIND's HOST, BOUND's and ACCEPTED's hosts included
+_STR_FIELDS = [(cls, tag) for cls in MESSAGE_TYPES.values() for tag in cls.FIELDS_BY_TAG
+               if FIELD_KINDS[tag] is FieldKind.STR]
+
+
+def test_str_fields_cover_the_server_messages() -> None:
+    names = {(cls.TYPE, tag) for cls, tag in _STR_FIELDS}
+    assert (MessageType.BIND, FieldTag.HOST) in names
+    assert (MessageType.BOUND, FieldTag.LOCAL_HOST) in names
+    assert (MessageType.ACCEPTED, FieldTag.PEER_HOST) in names
+
+
 @FUZZ
-@given(st.sampled_from([FieldTag.HOST, FieldTag.MESSAGE, FieldTag.DOCUMENT, FieldTag.SOFTWARE,
-                        FieldTag.LOCAL_HOST]),
+@given(st.sampled_from(_STR_FIELDS),
        st.integers(MAX_STRING - 2, MAX_STRING + 2), st.sampled_from(["y", "é", "\u20ac"]))
-def test_string_limit_boundary(tag: FieldTag, size: int, char: str) -> None:
+def test_string_limit_boundary(where: tuple[type[Message], FieldTag], size: int,
+                               char: str) -> None:
     """Both sides draw the line at MAX_STRING bytes of UTF-8, wherever the field is."""
-    cls = next(c for c in MESSAGE_TYPES.values() if tag in c.FIELDS_BY_TAG)
+    cls, tag = where
     name = cls.FIELDS_BY_TAG[tag].name
     unit = len(char.encode())
     text = char * (size // unit) + "y" * (size % unit)  # exactly ``size`` bytes
@@ -445,3 +467,105 @@ def _doc_table(marker: str) -> list[list[str]]:
             break
         rows.append([c.strip() for c in line.strip().strip("|").split("|")])
     return rows[2:]
+
+
+# -- (e) descriptors travel with their frames ----------------------------------------------
+
+
+def _marked_pair(marker: bytes) -> tuple[int, int]:
+    """A socketpair whose first end will read ``marker``: (end to pass, end to close)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    b.sendall(marker)
+    b.shutdown(socket.SHUT_WR)
+    return a.detach(), b.detach()
+
+
+def _read_marker(fd: int) -> bytes:
+    with socket.socket(fileno=fd) as s:
+        s.settimeout(5)
+        out = b""
+        while chunk := s.recv(64):
+            out += chunk
+        return out
+
+
+_EVENT = st.one_of(
+    st.builds(lambda n: ("accepted", n), st.integers(1, 1 << 40)),
+    st.just(("closed", 0)),
+    st.just(("ok", 0)),
+)
+
+
+@settings(FUZZ, max_examples=60)
+@given(st.lists(_EVENT, min_size=1, max_size=8), st.lists(st.integers(1, 200), max_size=8),
+       st.booleans())
+def test_client_matches_descriptors_to_accepted_frames(events: list[tuple[str, int]],
+                                                       cuts: list[int], glue: bool) -> None:
+    """Each ACCEPTED gets its own two descriptors, data first, whatever the splitting,
+    also when it arrives while the client waits for the reply to a request."""
+    from ssa_engine.api.control import ControlChannel
+
+    engine_end, app_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel = ControlChannel.adopt(app_end)
+    to_close: list[int] = []
+    expected: list[int] = []
+    try:
+        # one write per frame (as the engine does), each frame cut at ``cuts``;
+        # a frame's descriptors go with the sendmsg holding its first byte. With
+        # ``glue``, frames without descriptors are sent together with the
+        # following frame's first piece.
+        pending = b""
+        for kind, number in events:
+            if kind == "accepted":
+                message: Message = Accepted(socket_id=number, local_host="127.0.0.1",
+                                            local_port=8443, peer_host="::1", peer_port=1)
+                data_fd, data_other = _marked_pair(b"data-%d" % number)
+                ctl_fd, ctl_other = _marked_pair(b"ctl-%d" % number)
+                to_close += [data_fd, data_other, ctl_fd, ctl_other]
+                fds = [data_fd, ctl_fd]
+                expected.append(number)
+            else:
+                message = Closed(errno=0) if kind == "closed" else Ok()
+                fds = []
+            first = len(pending)  # where this frame starts in what is sent next
+            frame = pending + encode(message)
+            pending = b""
+            if not fds and glue:
+                pending = frame
+                continue
+            span = max(len(frame) - first, 1)
+            points = sorted({first + 1 + c % span for c in cuts} | {len(frame)})
+            start = 0
+            for end in points:
+                piece = frame[start:end]
+                if start == 0 and fds:
+                    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                    assert engine_end.sendmsg([piece], anc) == len(piece)
+                else:
+                    engine_end.sendall(piece)
+                start = end
+        if pending:
+            engine_end.sendall(pending)
+        # the OKs are replies to requests the client waits for: ACCEPTED and
+        # CLOSED frames that come before them are set aside (section 6.2)
+        for kind, _ in events:
+            if kind == "ok":
+                assert channel.reply(timeout=5) == Ok()
+        got = []
+        for number in expected:
+            info, data_fd, ctl_fd = channel.wait_accepted(timeout=5)
+            got.append(info.socket_id)
+            assert _read_marker(data_fd) == b"data-%d" % number
+            assert _read_marker(ctl_fd) == b"ctl-%d" % number
+        assert got == expected
+        channel.poll()  # a CLOSED behind the last frame waited for
+        assert not channel.accepted
+        assert (channel.closed_event is not None) == any(k == "closed" for k, _ in events)
+    finally:
+        channel.close()
+        engine_end.close()
+        for fd in to_close:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
