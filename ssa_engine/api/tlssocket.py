@@ -519,12 +519,11 @@ class TLSSocket(_socket.socket):
         pair = self._ssa_pair
         assert pair is not None
         ctl = self._control()
-        try:
-            reply = ctl.request(Listen(backlog=max(0, min(int(backlog), 65535))),
-                                [pair.fileno()])
-        finally:
-            pair.close()
-            self._ssa_pair = None
+        # on failure the socket stays as it was (the engine closes its copy of
+        # the descriptor; ours stays for a later listen() or connect())
+        reply = ctl.request(Listen(backlog=max(0, min(int(backlog), 65535))), [pair.fileno()])
+        pair.close()
+        self._ssa_pair = None
         assert isinstance(reply, Bound)
         self._ssa_state = _LISTENING
         self._ssa_local = _addr(reply.local_host, reply.local_port)

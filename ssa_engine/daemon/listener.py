@@ -38,6 +38,9 @@ log = logging.getLogger("ssa.listener")
 #: Security parameter: TLS handshakes in flight per listener; beyond it the
 #: engine stops accepting TCP connections (the kernel backlog holds them).
 MAX_HANDSHAKES = 256
+#: Security parameter: bytes of ACCEPTED frames queued for an application that
+#: does not read its listener's control connection before accepting pauses.
+MAX_QUEUED_OFFERS = 64 * 1024
 #: seconds between checks whether the application has caught up with accept()
 _RESUME_POLL = 0.05
 
@@ -81,12 +84,19 @@ class Listener:
             self.loop.remove_reader(self.tcp.fileno())
 
     def waiting_for_app(self) -> int:
-        """Connections offered to the application but not yet accept()ed."""
-        buf = fcntl.ioctl(self.notify.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-        return int(struct.unpack("i", buf)[0])
+        """Connections offered to the application but not yet accept()ed.
+
+        Each offer is one byte the application has not read yet. On a Unix
+        socket TIOCOUTQ counts the memory of the queued buffers, not bytes,
+        so it is divided by what one queued byte costs on this kernel.
+        """
+        return -(-_outq(self.notify) // _notify_unit())
 
     def _full(self) -> bool:
-        return len(self._tasks) >= MAX_HANDSHAKES or self.waiting_for_app() >= self.backlog
+        return (len(self._tasks) >= MAX_HANDSHAKES or self.waiting_for_app() >= self.backlog
+                # an application that does not read its control connection
+                # must not make the engine queue offers (and descriptors) forever
+                or self.session.out_bytes > MAX_QUEUED_OFFERS)
 
     def _on_acceptable(self) -> None:
         for _ in range(64):
@@ -217,3 +227,21 @@ async def wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> N
             loop.remove_writer(fd)
         else:
             loop.remove_reader(fd)
+
+
+def _outq(sock: socket.socket) -> int:
+    buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    return int(struct.unpack("i", buf)[0])
+
+
+_unit: list[int] = []
+
+
+def _notify_unit() -> int:
+    """What one unread byte on a Unix stream socket counts for in TIOCOUTQ."""
+    if not _unit:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with a, b:
+            a.send(b"\x01")
+            _unit.append(max(1, _outq(a)))
+    return _unit[0]

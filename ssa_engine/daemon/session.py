@@ -258,6 +258,8 @@ class Session:
             elif isinstance(message, StatusRequest):
                 self._on_status()
             elif self.state is None:
+                if isinstance(message, Listen) and self.fds:
+                    os.close(self.fds.popleft())  # its descriptor is not taken
                 raise ApiError(errno.EBADFD, "SOCKET must come first")
             elif isinstance(message, SetSockOpt):
                 self._on_setsockopt(message)
@@ -312,8 +314,9 @@ class Session:
         if m.level != IPPROTO_TLS:
             self._require(Request.SET_TCP_OPTION)
             value = self.options.check_tcp(m.level, m.optname, m.value, m.int_value)
-            if self.tcp is not None:
-                _apply_tcp_option(self.tcp, m.level, m.optname, value)
+            target = self.tcp or self.bound or (self.listener.tcp if self.listener else None)
+            if target is not None:
+                _apply_tcp_option(target, m.level, m.optname, value)
             self.options.tcp[(m.level, m.optname)] = value
             self.send(Ok())
             return
@@ -407,8 +410,9 @@ class Session:
         if (level, name) not in opt.FORWARDED_OPTIONS or name == opt.SO_LINGER:
             raise ApiError(errno.ENOPROTOOPT, f"socket option ({level}, {name}) is not "
                            "supported on TLS sockets")
-        if self.tcp is not None:
-            return self.tcp.getsockopt(level, name)
+        target = self.tcp or self.bound or (self.listener.tcp if self.listener else None)
+        if target is not None:
+            return target.getsockopt(level, name)
         value = self.options.tcp.get((level, name), 0)
         return value if isinstance(value, int) else 0
 
@@ -465,9 +469,10 @@ class Session:
                 raise ApiError(errno.EINVAL, "the notification descriptor must be a Unix stream "
                                "socket")
             self._require(Request.LISTEN)
-            if self.listener is not None:
-                raise ApiError(errno.EINVAL, "the socket is already listening")
-            self._start_listening(m.backlog, notify)
+            if self.listener is None:
+                self._start_listening(m.backlog, notify)
+            else:
+                notify.close()  # listening already: the same answer again
         except BaseException:
             notify.close()
             raise
@@ -528,6 +533,13 @@ class Session:
     def _offer(self, conn: SSL.Connection, tcp: socket.socket, sni: str | None) -> None:
         """A verified connection: hand it to the application's accept()."""
         assert self.listener is not None and self.options is not None
+        try:
+            local = tcp.getsockname()
+            peer = tcp.getpeername()
+        except OSError:
+            log.info("%s: a client left right after its handshake", self._who())
+            tcp.close()
+            return
         data_engine, data_app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ctl_engine, ctl_app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for s in (data_engine, data_app):
@@ -537,9 +549,7 @@ class Session:
         ctl_engine.setblocking(False)
         child = Session(self.engine, ctl_engine, self.peer.dup())
         self.engine.sessions.add(child)
-        child.adopt_accepted(self, conn, tcp, data_engine, sni)
-        local = tcp.getsockname()
-        peer = tcp.getpeername()
+        child.adopt_accepted(self, conn, tcp, data_engine, sni, peer)
         self.send(Accepted(socket_id=child.socket_id, local_host=local[0], local_port=local[1],
                            peer_host=peer[0], peer_port=peer[1]),
                   fds=[data_app.detach(), ctl_app.detach()])
@@ -604,7 +614,7 @@ class Session:
             self.send(Ok())
 
     def adopt_accepted(self, listener: Session, conn: SSL.Connection, tcp: socket.socket,
-                       data: socket.socket, sni: str | None) -> None:
+                       data: socket.socket, sni: str | None, peer: tuple[str, int]) -> None:
         """Become the engine side of an accepted socket."""
         assert listener.options is not None
         self.hello_done = True
@@ -619,8 +629,7 @@ class Session:
         self.conn = conn
         self.tcp = tcp
         self.sni = sni
-        peer_host, peer_port = tcp.getpeername()[:2]
-        self.remote = f"{peer_host}:{peer_port}"
+        self.remote = f"{peer[0]}:{peer[1]}"
         self.engine.sockets += 1
         self.engine.connected += 1
         log.info("%s: accepted %s %s %s sni=%s", self._who(), self.remote,
@@ -770,8 +779,16 @@ class Session:
         v4 = [i for i in infos if i[0] == socket.AF_INET]
         ordered = [x for pair in itertools.zip_longest(v6, v4) for x in pair if x is not None]
         last: OSError | None = None
+        if self.bound is not None:  # bind() before connect(): that socket, that address
+            ordered = [i for i in ordered if i[0] == self.bound.family][:1]
+            if not ordered:
+                raise ApiError(errno.EAFNOSUPPORT, f"{host} has no address of the bound "
+                               "socket's family")
         for fam, stype, proto, _, addr in ordered:
-            sock = socket.socket(fam, stype, proto)
+            if self.bound is not None:
+                sock, self.bound = self.bound, None
+            else:
+                sock = socket.socket(fam, stype, proto)
             sock.setblocking(False)
             try:
                 async with asyncio.timeout(timeout):
