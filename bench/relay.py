@@ -190,15 +190,23 @@ class Certs:
     key: Path
 
 
-def make_certs(directory: Path) -> Certs:
-    """A throwaway ECDSA P-256 CA and a leaf for localhost / 127.0.0.1."""
+def make_certs(directory: Path, key_type: str = "ec") -> Certs:
+    """A throwaway CA and a leaf for localhost / 127.0.0.1.
+
+    ``key_type`` "ec": ECDSA P-256 keys (CA and leaf); "rsa": RSA-2048.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import NameOID
 
+    def new_key() -> Any:
+        if key_type == "rsa":
+            return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return ec.generate_private_key(ec.SECP256R1())
+
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_key = new_key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ssa relay bench CA")])
     ca_cert = (
         x509.CertificateBuilder()
@@ -212,7 +220,7 @@ def make_certs(directory: Path) -> Certs:
                        critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = new_key()
     leaf = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_NAME)]))
