@@ -434,3 +434,14 @@ def test_post_handshake_authentication_needs_tls13(pki) -> None:  # type: ignore
             assert e.value.errno == errno.EOPNOTSUPP
     finally:
         _stop(client)
+
+
+def test_silent_client_is_dropped_at_the_handshake_timeout(pki, serve, engine) -> None:  # type: ignore[no-untyped-def]
+    srv = serve()
+    with socket.create_connection(("127.0.0.1", srv.port)) as silent:
+        silent.settimeout(20)
+        t0 = time.monotonic()
+        assert silent.recv(10) == b""  # the engine gave up on it (3 s in the tests)
+        assert 2.0 < time.monotonic() - t0 < 15
+    assert srv.accepted == []
+    assert "handshake timeout after 3 s" in engine.log.read_text()

@@ -64,7 +64,8 @@ class Listener:
         self.backlog = max(1, min(backlog, 65535))
         self.timeout = timeout
         self._on_ready = on_ready
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._handshakes: dict[int, _Handshake] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self._accepting = False
         self._resume: asyncio.TimerHandle | None = None
         self.closed = False
@@ -93,7 +94,7 @@ class Listener:
         return -(-_outq(self.notify) // _notify_unit())
 
     def _full(self) -> bool:
-        return (len(self._tasks) >= MAX_HANDSHAKES or self.waiting_for_app() >= self.backlog
+        return (len(self._handshakes) >= MAX_HANDSHAKES or self.waiting_for_app() >= self.backlog
                 # an application that does not read its control connection
                 # must not make the engine queue offers (and descriptors) forever
                 or self.session.out_bytes > MAX_QUEUED_OFFERS)
@@ -104,21 +105,23 @@ class Listener:
                 self._pause()
                 return
             try:
-                conn, addr = self.tcp.accept()
+                tcp, addr = self.tcp.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("listener %s: %s; pausing accept", self.address(), exc.strerror)
-                    self._pause()
+                    self.out_of_resources(exc)
                     return
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 raise
-            conn.setblocking(False)
-            task = self.loop.create_task(self._handshake(conn, addr))
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
+            tcp.setblocking(False)
+            _Handshake(self, tcp, addr).step()
+
+    def out_of_resources(self, exc: OSError) -> None:
+        """No descriptors or memory left: stop accepting for a moment."""
+        log.error("listener %s: %s; pausing accept", self.address(), exc.strerror)
+        self._pause()
 
     def _pause(self) -> None:
         self._set_accepting(False)
@@ -134,10 +137,23 @@ class Listener:
         else:
             self._set_accepting(True)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _handshake_ended(self, hs: _Handshake) -> None:
+        self._handshakes.pop(hs.fd, None)
         if not self._accepting and not self.closed and not self._full():
             self._set_accepting(True)
+
+    def _sweep(self) -> None:
+        """Refuse the handshakes that ran out of time (one timer per listener)."""
+        self._sweeper = None
+        now = self.loop.time()
+        for hs in [h for h in self._handshakes.values() if h.deadline <= now]:
+            hs.refuse(f"handshake timeout after {self.timeout:g} s")
+        self._arm_sweep()
+
+    def _arm_sweep(self) -> None:
+        if self._sweeper is None and self._handshakes and not self.closed:
+            soonest = min(h.deadline for h in self._handshakes.values())
+            self._sweeper = self.loop.call_at(soonest + 0.05, self._sweep)
 
     def address(self) -> str:
         try:
@@ -146,43 +162,6 @@ class Listener:
         except OSError:
             return "?"
 
-    async def _handshake(self, tcp: socket.socket, addr: tuple[str, int]) -> None:
-        conn = SSL.Connection(self.contexts.default, tcp)
-        conn.set_accept_state()
-        fd = tcp.fileno()
-        try:
-            async with asyncio.timeout(self.timeout):
-                await handshake(self.loop, conn, fd)
-        except TimeoutError:
-            self._refuse(tcp, addr, f"handshake timeout after {self.timeout:g} s")
-            return
-        except SSL.SysCallError as exc:
-            reason = ("the client closed the connection" if exc.args and exc.args[0] == -1
-                      else "the client reset the connection")
-            self._refuse(tcp, addr, f"handshake failed: {reason}")
-            return
-        except SSL.Error as exc:
-            self._refuse(tcp, addr, f"handshake failed: {_openssl_text(exc) or type(exc).__name__}")
-            return
-        except OSError as exc:
-            self._refuse(tcp, addr, f"connection error: {exc.strerror}")
-            return
-        except asyncio.CancelledError:
-            tcp.close()
-            raise
-        if self.closed:
-            tcp.close()
-            return
-        raw = conn.get_servername()
-        sni = raw.decode("ascii", "replace") if raw else None
-        self.accepted += 1
-        self._on_ready(conn, tcp, sni)
-
-    def _refuse(self, tcp: socket.socket, addr: tuple[str, int], reason: str) -> None:
-        self.refused += 1
-        log.info("listener %s: refused %s port %s: %s", self.address(), addr[0], addr[1], reason)
-        tcp.close()
-
     def close(self) -> None:
         if self.closed:
             return
@@ -190,8 +169,10 @@ class Listener:
         self.closed = True
         if self._resume is not None:
             self._resume.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for hs in list(self._handshakes.values()):
+            hs.abandon()
         self.tcp.close()
         self.notify.close()
 
@@ -227,6 +208,90 @@ async def wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> N
             loop.remove_writer(fd)
         else:
             loop.remove_reader(fd)
+
+
+class _Handshake:
+    """One server handshake, driven by plain event-loop callbacks.
+
+    No task, future or timeout object per connection: the listener's single
+    sweep timer enforces the deadline.
+    """
+
+    __slots__ = ("listener", "tcp", "addr", "fd", "conn", "deadline", "_r", "_w")
+
+    def __init__(self, listener: Listener, tcp: socket.socket, addr: tuple[str, int]) -> None:
+        self.listener = listener
+        self.tcp = tcp
+        self.addr = addr
+        self.fd = tcp.fileno()
+        self.conn = SSL.Connection(listener.contexts.default, tcp)
+        self.conn.set_accept_state()
+        self.deadline = listener.loop.time() + listener.timeout
+        self._r = self._w = False
+        listener._handshakes[self.fd] = self
+        listener._arm_sweep()
+
+    def _watch(self, read: bool, write: bool) -> None:
+        loop = self.listener.loop
+        if read != self._r:
+            self._r = read
+            if read:
+                loop.add_reader(self.fd, self.step)
+            else:
+                loop.remove_reader(self.fd)
+        if write != self._w:
+            self._w = write
+            if write:
+                loop.add_writer(self.fd, self.step)
+            else:
+                loop.remove_writer(self.fd)
+
+    def step(self) -> None:
+        try:
+            self.conn.do_handshake()
+        except SSL.WantReadError:
+            self._watch(True, False)
+            return
+        except SSL.WantWriteError:
+            self._watch(False, True)
+            return
+        except SSL.SysCallError as exc:
+            self.refuse("handshake failed: the client closed the connection"
+                        if exc.args and exc.args[0] == -1
+                        else "handshake failed: the client reset the connection")
+            return
+        except SSL.Error as exc:
+            self.refuse(f"handshake failed: {_openssl_text(exc) or type(exc).__name__}")
+            return
+        except OSError as exc:
+            self.refuse(f"connection error: {exc.strerror}")
+            return
+        self._watch(False, False)
+        listener = self.listener
+        listener._handshake_ended(self)
+        raw = self.conn.get_servername()
+        listener.accepted += 1
+        try:
+            listener._on_ready(self.conn, self.tcp, raw.decode("ascii", "replace") if raw else None)
+        except OSError as exc:
+            self.tcp.close()
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                listener.out_of_resources(exc)
+            else:
+                log.warning("listener %s: could not offer a connection: %s",
+                            listener.address(), exc.strerror)
+
+    def refuse(self, reason: str) -> None:
+        listener = self.listener
+        listener.refused += 1
+        log.info("listener %s: refused %s port %s: %s", listener.address(), self.addr[0],
+                 self.addr[1], reason)
+        self.abandon()
+
+    def abandon(self) -> None:
+        self._watch(False, False)
+        self.listener._handshake_ended(self)
+        self.tcp.close()
 
 
 def _outq(sock: socket.socket) -> int:

@@ -541,7 +541,12 @@ class Session:
             tcp.close()
             return
         data_engine, data_app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        ctl_engine, ctl_app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            ctl_engine, ctl_app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:  # out of descriptors: the listener pauses (caller)
+            data_engine.close()
+            data_app.close()
+            raise
         for s in (data_engine, data_app):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _PAIR_BUFFER)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _PAIR_BUFFER)
