@@ -62,6 +62,9 @@ def serve(
         typer.Option("--state-dir", envvar=paths.ENV_STATE_DIR, show_default=False,
                      help="Certificate store and other state."),
     ] = None,
+    max_sockets_per_user: Annotated[
+        int, typer.Option(help="TLS sockets one user may hold at once.", min=1)
+    ] = 16384,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the engine in the foreground (systemd, a terminal, a container)."""
@@ -76,7 +79,7 @@ def serve(
     policy = replace(with_level(DEFAULT_POLICY, level), handshake_timeout=handshake_timeout,
                      server_certificates=tuple(certificate or ()))
     try:
-        run(socket or paths.engine_socket(), policy, state_dir)
+        run(socket or paths.engine_socket(), policy, state_dir, max_sockets_per_user)
     except EngineError as exc:
         typer.echo(f"ssa-engine: {exc}", err=True)
         raise typer.Exit(code=1) from None

@@ -170,3 +170,25 @@ def test_sigterm_with_idle_sockets_exits_cleanly(tmp_path) -> None:  # type: ign
     for s in socks:
         s.close()
     assert "ssa-engine stopped" in eng.log.read_text()
+
+
+def test_per_user_socket_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    eng = EngineProcess(tmp_path, "--max-sockets-per-user", "3")
+    try:
+        held = [ssa_engine.TLSSocket(engine_socket=eng.socket) for _ in range(3)]
+        with pytest.raises(OSError) as e:
+            ssa_engine.TLSSocket(engine_socket=eng.socket)
+        assert e.value.errno == errno.EMFILE and "per user" in str(e.value)
+        held.pop().close()
+        deadline = time.monotonic() + 5
+        while True:  # the engine notices the close, then there is room again
+            try:
+                held.append(ssa_engine.TLSSocket(engine_socket=eng.socket))
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        for s in held:
+            s.close()
+    finally:
+        eng.stop()

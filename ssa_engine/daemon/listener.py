@@ -94,7 +94,10 @@ class Listener:
         return -(-_outq(self.notify) // _notify_unit())
 
     def _full(self) -> bool:
+        engine = self.session.engine
+        uid = self.session.peer.uid
         return (len(self._handshakes) >= MAX_HANDSHAKES or self.waiting_for_app() >= self.backlog
+                or engine.per_user.get(uid, 0) >= engine.max_per_user
                 # an application that does not read its control connection
                 # must not make the engine queue offers (and descriptors) forever
                 or self.session.out_bytes > MAX_QUEUED_OFFERS)

@@ -26,6 +26,9 @@ log = logging.getLogger("ssa.engine")
 
 #: Security parameter: pending control connections the kernel may queue.
 LISTEN_BACKLOG = 4096
+#: Security parameter: TLS sockets one user may hold in the engine at once, so
+#: that one local user cannot use up the engine's descriptors for everyone.
+MAX_SOCKETS_PER_USER = 16384
 
 
 class EngineError(Exception):
@@ -34,7 +37,8 @@ class EngineError(Exception):
 
 class Engine:
     def __init__(self, socket_path: Path, policy: Policy = DEFAULT_POLICY,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None,
+                 max_per_user: int = MAX_SOCKETS_PER_USER) -> None:
         self.socket_path = socket_path
         self.policy = policy
         self.store = Store(state_dir if state_dir is not None else paths.state_dir())
@@ -42,6 +46,8 @@ class Engine:
         self.sessions: set[Session] = set()
         self.sockets = 0
         self.connected = 0
+        self.max_per_user = max_per_user
+        self.per_user: dict[int, int] = {}
         self.bytes_relayed = 0
         self.started = time.time()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -168,8 +174,22 @@ class Engine:
         if self._listener is not None:
             self.loop.add_reader(self._listener.fileno(), self._on_accept)
 
+    def claim_socket(self, uid: int) -> None:
+        """Count one more socket for ``uid``; OverflowError past the per-user limit."""
+        held = self.per_user.get(uid, 0)
+        if held >= self.max_per_user:
+            raise OverflowError(held)
+        self.per_user[uid] = held + 1
+
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
+        if session.state is not None:
+            uid = session.peer.uid
+            left = self.per_user.get(uid, 1) - 1
+            if left > 0:
+                self.per_user[uid] = left
+            else:
+                self.per_user.pop(uid, None)
 
     # -- run and stop -----------------------------------------------------------
     async def run(self) -> None:
@@ -218,8 +238,9 @@ def raise_nofile_limit() -> None:
             log.warning("could not raise the open-files limit above %d", soft)
 
 
-def run(socket_path: Path, policy: Policy = DEFAULT_POLICY, state_dir: Path | None = None) -> None:
-    engine = Engine(socket_path, policy, state_dir)
+def run(socket_path: Path, policy: Policy = DEFAULT_POLICY, state_dir: Path | None = None,
+        max_per_user: int = MAX_SOCKETS_PER_USER) -> None:
+    engine = Engine(socket_path, policy, state_dir, max_per_user)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

@@ -288,6 +288,11 @@ class Session:
             raise ApiError(errno.EPROTONOSUPPORT, f"protocol {m.proto} is not IPPROTO_TLS")
         if m.family not in (socket.AF_INET, socket.AF_INET6, opt.AF_HOSTNAME):
             raise ApiError(errno.EAFNOSUPPORT, f"address family {m.family} is not supported")
+        try:
+            self.engine.claim_socket(self.peer.uid)
+        except OverflowError:
+            raise ApiError(errno.EMFILE, f"too many TLS sockets for uid {self.peer.uid} "
+                           f"(the engine allows {self.engine.max_per_user} per user)") from None
         self.family = m.family
         self.socket_id = next(_ids)
         self.options = SocketOptions(policy=self.engine.policy_for(self.peer))
@@ -624,6 +629,8 @@ class Session:
         assert listener.options is not None
         self.hello_done = True
         self.role = "server"
+        # the listener checked the per-user limit before accepting
+        self.engine.per_user[self.peer.uid] = self.engine.per_user.get(self.peer.uid, 0) + 1
         self.family = listener.family
         self.socket_id = next(_ids)
         self.options = SocketOptions(policy=listener.options.policy)

@@ -70,5 +70,5 @@ ERRNO_MEANINGS: dict[int, str] = {
     errno.EADDRINUSE: "address in use",
     errno.EADDRNOTAVAIL: "address not available",
     errno.ENOMEM: "engine out of resources",
-    errno.EMFILE: "engine out of file descriptors",
+    errno.EMFILE: "engine out of file descriptors, or the per-user socket limit reached",
 }
