@@ -95,6 +95,9 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
     else:
         os.environ["SSA_ENGINE_SOCKET"] = old
     eng.stop()
+    # whatever the tests threw at it, the engine never hit an unexpected error
+    log = eng.log.read_text()
+    assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
 
 
 @pytest.fixture
@@ -109,6 +112,8 @@ def engine_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
     yield start
     for eng in started:
         eng.stop()
+        log = eng.log.read_text()
+        assert "Traceback" not in log, log[log.index("Traceback") - 500:][:3000]
 
 
 # -- a stdlib ssl server in a thread ------------------------------------------------

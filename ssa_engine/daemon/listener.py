@@ -283,6 +283,9 @@ class _Handshake:
             else:
                 log.warning("listener %s: could not offer a connection: %s",
                             listener.address(), exc.strerror)
+        except Exception:  # noqa: BLE001 - one connection must not break the listener
+            log.exception("listener %s: could not offer a connection", listener.address())
+            self.tcp.close()
 
     def refuse(self, reason: str) -> None:
         listener = self.listener

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import re
+import socket
 import struct
 from dataclasses import dataclass, field
 
@@ -21,6 +23,7 @@ from ..policy import (
     check_version,
     effective,
 )
+from ..protocol import FrameError
 from ..protocol import options as opt
 from ..protocol.options import TLSOption
 from .tlsctx import (
@@ -35,6 +38,10 @@ from .tlsctx import (
 
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 _ALPN_MAX = 255
+
+
+#: engine-wide numbers of sockets (TLS_ID)
+socket_ids = itertools.count(1)
 
 
 class ApiError(Exception):
@@ -226,3 +233,17 @@ def _policy_call(fn, *args):  # type: ignore[no-untyped-def]
 @functools.lru_cache(maxsize=64)
 def _der(certs: tuple[x509.Certificate, ...]) -> tuple[bytes, ...]:
     return tuple(c.public_bytes(serialization.Encoding.DER) for c in certs)
+
+
+class Unexpected(FrameError):
+    """A frame that breaks the conversation: the control connection is closed."""
+
+    errno_value = errno.EBADMSG
+
+
+def apply_tcp_option(sock: socket.socket, level: int, name: int, value: int | bytes) -> None:
+    try:
+        sock.setsockopt(level, name, value)
+    except OSError as exc:
+        raise ApiError(exc.errno or errno.EINVAL, f"socket option ({level}, {name}): "
+                       f"{exc.strerror}") from None

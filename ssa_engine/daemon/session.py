@@ -11,7 +11,6 @@ from __future__ import annotations
 import array
 import asyncio
 import errno
-import itertools
 import json
 import logging
 import os
@@ -21,19 +20,14 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from OpenSSL import SSL
-from OpenSSL._util import lib
 
 from .. import __version__
-from ..policy import Policy
 from ..protocol import (
     PROTOCOL_VERSION,
     REQUEST_TYPES,
-    Accepted,
     Bind,
-    Bound,
     Closed,
     Connect,
-    Connected,
     ConnectFailed,
     Decoder,
     Error,
@@ -53,23 +47,13 @@ from ..protocol import (
 from ..protocol import options as opt
 from ..protocol.options import IPPROTO_TLS, TLSOption
 from ..protocol.states import Request, SocketState, check
-from ..store import StoreError
 from . import fastio
+from .accepting import ServerSide
+from .connecting import ClientSide
 from .identity import PeerIdentity
-from .listener import Listener, handshake
-from .options import ApiError, SocketOptions
+from .listener import Listener
+from .options import ApiError, SocketOptions, Unexpected, apply_tcp_option, socket_ids
 from .relay import Relay
-from .servertls import ServerConfig, ServerContexts
-from .tlsctx import (
-    ClientConfig,
-    CredentialError,
-    Credentials,
-    describe_handshake_error,
-    ip_literal,
-    make_credentials,
-    parse_certificates,
-    parse_private_key,
-)
 
 if TYPE_CHECKING:
     from .server import Engine
@@ -82,19 +66,6 @@ MAX_FDS = 4
 #: are no longer read.
 MAX_QUEUED_REPLIES = 256 * 1024
 _RECV_SIZE = 256 * 1024
-_CB_ACCEPT_LOOP = 0x2001  # SSL_CB_ACCEPT_LOOP (ssl.h)
-_CB_ACCEPT_EXIT = 0x2002  # SSL_CB_ACCEPT_EXIT
-#: bytes of buffer each direction of an accepted socket's plaintext pair gets
-_PAIR_BUFFER = 1024 * 1024
-
-
-def _unprivileged_port_start() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 1024
-_ids = itertools.count(1)
 
 _CONNECTION_INFO = {
     TLSOption.PEER_IDENTITY,
@@ -105,7 +76,8 @@ _CONNECTION_INFO = {
 }
 
 
-class Session:
+
+class Session(ClientSide, ServerSide):
     def __init__(self, engine: Engine, sock: socket.socket, peer: PeerIdentity) -> None:
         self.engine = engine
         self.loop = engine.loop
@@ -228,10 +200,10 @@ class Session:
     # -- requests -------------------------------------------------------------
     def _dispatch(self, message: Message) -> None:
         if message.TYPE not in REQUEST_TYPES:
-            raise _Unexpected(f"{type(message).__name__} is not a request")
+            raise Unexpected(f"{type(message).__name__} is not a request")
         if not self.hello_done:
             if not isinstance(message, Hello):
-                raise _Unexpected("the first frame must be HELLO")
+                raise Unexpected("the first frame must be HELLO")
             if not message.version_min <= PROTOCOL_VERSION <= message.version_max:
                 self.send(Error(errno=errno.EPROTONOSUPPORT,
                                 message=f"engine speaks control protocol {PROTOCOL_VERSION}"))
@@ -241,7 +213,7 @@ class Session:
             self.send(HelloOk(version=PROTOCOL_VERSION, software=f"ssa-engine {__version__}"))
             return
         if isinstance(message, Hello):
-            raise _Unexpected("HELLO sent twice")
+            raise Unexpected("HELLO sent twice")
         if isinstance(message, Connect):
             # the connect result always comes as CONNECTED or CONNECT_FAILED, so
             # that it cannot be mistaken for the reply to a later request
@@ -294,7 +266,7 @@ class Session:
             raise ApiError(errno.EMFILE, f"too many TLS sockets for uid {self.peer.uid} "
                            f"(the engine allows {self.engine.max_per_user} per user)") from None
         self.family = m.family
-        self.socket_id = next(_ids)
+        self.socket_id = next(socket_ids)
         self.options = SocketOptions(policy=self.engine.policy_for(self.peer))
         self.state = SocketState.CREATED
         self.engine.sockets += 1
@@ -321,7 +293,7 @@ class Session:
             value = self.options.check_tcp(m.level, m.optname, m.value, m.int_value)
             target = self.tcp or self.bound or (self.listener.tcp if self.listener else None)
             if target is not None:
-                _apply_tcp_option(target, m.level, m.optname, value)
+                apply_tcp_option(target, m.level, m.optname, value)
             self.options.tcp[(m.level, m.optname)] = value
             self.send(Ok())
             return
@@ -421,405 +393,6 @@ class Session:
         value = self.options.tcp.get((level, name), 0)
         return value if isinstance(value, int) else 0
 
-    # -- server side ----------------------------------------------------------
-    def _on_bind(self, m: Bind) -> None:
-        self._require(Request.BIND)
-        if self.bound is not None:
-            raise ApiError(errno.EINVAL, "the socket is already bound")
-        self.bound = self._bind(m.host, m.port)
-        host, port = self.bound.getsockname()[:2]
-        self.send(Bound(local_host=host, local_port=port))
-
-    def _bind(self, host: str, port: int) -> socket.socket:
-        fam = socket.AF_INET6 if self.family == socket.AF_INET6 else socket.AF_INET
-        if host in ("", "0.0.0.0", "::"):
-            host = "::" if fam == socket.AF_INET6 else "0.0.0.0"
-        elif host == "localhost":
-            host = "::1" if fam == socket.AF_INET6 else "127.0.0.1"
-        literal = ip_literal(host)
-        if literal is None or (len(literal) == 16) != (fam == socket.AF_INET6):
-            raise ApiError(errno.EINVAL, f"bind: {host!r} is not an address of the socket's family")
-        if 0 < port < _unprivileged_port_start() and self.peer.uid != 0 and os.geteuid() == 0:
-            # the engine has the privilege, the program does not: no confused deputy
-            raise ApiError(errno.EACCES, f"bind: port {port} is privileged and the program "
-                           "runs as an unprivileged user")
-        sock = socket.socket(fam, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            assert self.options is not None
-            for (level, name), value in self.options.tcp.items():
-                _apply_tcp_option(sock, level, name, value)
-            sock.bind((host.strip("[]"), port))
-        except ApiError:
-            sock.close()
-            raise
-        except OSError as exc:
-            sock.close()
-            raise ApiError(exc.errno or errno.EINVAL, f"bind {host} port {port}: "
-                           f"{exc.strerror}") from None
-        sock.setblocking(False)
-        return sock
-
-    def _on_listen(self, m: Listen) -> None:
-        if not self.fds:
-            raise _Unexpected("LISTEN without its notification descriptor")
-        notify_fd = self.fds.popleft()
-        try:
-            notify = socket.socket(fileno=notify_fd)
-        except OSError:
-            os.close(notify_fd)
-            raise ApiError(errno.EINVAL, "the passed descriptor is not a socket") from None
-        try:
-            if notify.family != socket.AF_UNIX or notify.type != socket.SOCK_STREAM:
-                raise ApiError(errno.EINVAL, "the notification descriptor must be a Unix stream "
-                               "socket")
-            self._require(Request.LISTEN)
-            if self.listener is None:
-                self._start_listening(m.backlog, notify)
-            else:
-                notify.close()  # listening already: the same answer again
-        except BaseException:
-            notify.close()
-            raise
-        assert self.listener is not None
-        host, port = self.listener.tcp.getsockname()[:2]
-        self.send(Bound(local_host=host, local_port=port))
-
-    def _start_listening(self, backlog: int, notify: socket.socket) -> None:
-        o = self.options
-        assert o is not None
-        try:
-            cfg = ServerConfig(
-                settings=o.settings(),
-                credentials=o.all_credentials() or self._store_credentials(o.policy),
-                client_auth=o.peer_auth,
-                client_trust=tuple(o.extra_trust),
-                alpn=o.alpn,
-                only_name=o.server_name,
-            )
-            if not cfg.credentials:
-                raise ApiError(errno.EPROTO, "a TLS listener needs a certificate: set "
-                               "TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY before listen(), or "
-                               f"list certificates for this program in the {o.policy.source}")
-            if cfg.client_auth and not cfg.client_trust:
-                raise ApiError(errno.EPROTO, "TLS_REQUEST_PEER_AUTH needs the client CA: set "
-                               "TLS_TRUSTED_PEER_CERTIFICATES")
-            contexts = ServerContexts(cfg)
-        except (SSL.Error, ValueError) as exc:
-            raise ApiError(errno.EPROTO, f"cannot build the server TLS context: {exc}") from None
-        if self.bound is None:
-            self.bound = self._bind("", 0)
-        try:
-            self.bound.listen(max(1, min(backlog or 128, 4096)))
-        except OSError as exc:
-            raise ApiError(exc.errno or errno.EINVAL, f"listen: {exc.strerror}") from None
-        notify.setblocking(False)
-        self.listener = Listener(self, self.bound, notify, contexts, backlog or 128,
-                                 o.policy.handshake_timeout, self._offer)
-        self.bound = None  # the listener owns it now
-        self.role = "listener"
-        self.state = SocketState.LISTENING
-        self.listener.start()
-        log.info("%s: listening on %s", self._who(), self.listener.address())
-
-    def _store_credentials(self, policy: Policy) -> tuple[Credentials, ...]:
-        """The administrator's certificates for this program, from the store."""
-        found = []
-        for name in policy.server_certificates:
-            try:
-                entry = self.engine.store.current(name)
-                chain = parse_certificates(entry.fullchain_pem, f"store certificate {name}")
-                found.append(make_credentials(chain, parse_private_key(entry.key_pem)))
-            except (StoreError, CredentialError) as exc:
-                raise ApiError(errno.EPROTO, f"certificate {name!r} from the store, named in "
-                               f"the {policy.source}: {exc}") from None
-        return tuple(found)
-
-    def _offer(self, conn: SSL.Connection, tcp: socket.socket, sni: str | None) -> None:
-        """A verified connection: hand it to the application's accept()."""
-        assert self.listener is not None and self.options is not None
-        try:
-            local = tcp.getsockname()
-            peer = tcp.getpeername()
-        except OSError:
-            log.info("%s: a client left right after its handshake", self._who())
-            tcp.close()
-            return
-        data_engine, data_app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            ctl_engine, ctl_app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        except OSError:  # out of descriptors: the listener pauses (caller)
-            data_engine.close()
-            data_app.close()
-            raise
-        for s in (data_engine, data_app):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _PAIR_BUFFER)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _PAIR_BUFFER)
-        data_engine.setblocking(False)
-        ctl_engine.setblocking(False)
-        child = Session(self.engine, ctl_engine, self.peer.dup())
-        self.engine.sessions.add(child)
-        child.adopt_accepted(self, conn, tcp, data_engine, sni, peer)
-        self.send(Accepted(socket_id=child.socket_id, local_host=local[0], local_port=local[1],
-                           peer_host=peer[0], peer_port=peer[1]),
-                  fds=[data_app.detach(), ctl_app.detach()])
-        try:
-            self.listener.notify.send(b"\x01")
-        except OSError:
-            log.warning("%s: the application stopped accepting", self._who())
-
-    def _post_handshake_auth(self, mode: int | None) -> None:
-        """TLS 1.3 post-handshake authentication (RFC 8446 section 4.6.2)."""
-        conn = self.conn
-        assert conn is not None and self.relay is not None and self.options is not None
-        if mode not in (1, 2):
-            raise ApiError(errno.EINVAL, "TLS_REQUEST_PEER_AUTH on an accepted socket: 1 "
-                           "(require) or 2 (request)")
-        if conn.get_protocol_version_name() != "TLSv1.3":
-            raise ApiError(errno.EOPNOTSUPP, "post-handshake authentication needs TLS 1.3 "
-                           "(TLS 1.2 renegotiation is disabled)")
-        if not self.options.extra_trust:
-            raise ApiError(errno.EPROTO, "post-handshake authentication needs the client CA: "
-                           "set TLS_TRUSTED_PEER_CERTIFICATES on the listener")
-        if self.pha_timer is not None:
-            raise ApiError(errno.EALREADY, "a client certificate request is already running")
-        flags = SSL.VERIFY_PEER | lib.SSL_VERIFY_POST_HANDSHAKE
-        if mode == 1:
-            flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-        conn.set_verify(flags)
-        if lib.SSL_verify_client_post_handshake(conn._ssl) != 1:  # noqa: SLF001
-            lib.ERR_clear_error()
-            raise ApiError(errno.EPROTO, "the client does not offer post-handshake "
-                           "authentication")
-        conn.set_info_callback(self._on_info)
-        self.pha_timer = self.loop.call_later(self.options.policy.handshake_timeout,
-                                              self._pha_finished, errno.ETIMEDOUT,
-                                              "the client did not answer the certificate "
-                                              "request in time")
-        self.relay.send_handshake()
-
-    def _on_info(self, conn: SSL.Connection, where: int, ret: int) -> None:
-        # Called from inside SSL_read: only note progress and schedule the reply.
-        # OpenSSL reports no HANDSHAKE_DONE after post-handshake authentication;
-        # it is complete when the accept loop exits after reading the client's
-        # Finished (which follows its Certificate, empty or not).
-        if self.pha_timer is None:
-            return
-        if where & _CB_ACCEPT_LOOP == _CB_ACCEPT_LOOP and conn.get_state_string() == (
-                b"SSLv3/TLS read finished"):
-            self.pha_read_finished = True
-        elif where & _CB_ACCEPT_EXIT == _CB_ACCEPT_EXIT and self.pha_read_finished:
-            self.pha_read_finished = False
-            self.loop.call_soon(self._pha_finished, 0, "")
-
-    def _pha_finished(self, code: int, message: str) -> None:
-        if self.pha_timer is None:
-            return
-        self.pha_timer.cancel()
-        self.pha_timer = None
-        if code:
-            self.last_error = message
-            self.send(Error(errno=code, message=message))
-        else:
-            self.send(Ok())
-
-    def adopt_accepted(self, listener: Session, conn: SSL.Connection, tcp: socket.socket,
-                       data: socket.socket, sni: str | None, peer: tuple[str, int]) -> None:
-        """Become the engine side of an accepted socket."""
-        assert listener.options is not None
-        self.hello_done = True
-        self.role = "server"
-        # the listener checked the per-user limit before accepting
-        self.engine.per_user[self.peer.uid] = self.engine.per_user.get(self.peer.uid, 0) + 1
-        self.family = listener.family
-        self.socket_id = next(_ids)
-        self.options = SocketOptions(policy=listener.options.policy)
-        self.options.alpn = listener.options.alpn
-        self.options.server_name = listener.options.server_name
-        self.options.extra_trust = list(listener.options.extra_trust)
-        self.state = SocketState.CONNECTED
-        self.conn = conn
-        self.tcp = tcp
-        self.sni = sni
-        self.remote = f"{peer[0]}:{peer[1]}"
-        self.engine.sockets += 1
-        self.engine.connected += 1
-        log.info("%s: accepted %s %s %s sni=%s", self._who(), self.remote,
-                 conn.get_protocol_version_name(), conn.get_cipher_name(), sni)
-        self.relay = Relay(self.loop, conn, tcp, data, self._on_stream_end,
-                           self._on_relay_finished)
-        self.relay.start()
-
-    # -- connect --------------------------------------------------------------
-    def _on_connect(self, m: Connect) -> None:
-        if not self.fds:
-            raise _Unexpected("CONNECT without its data file descriptor")
-        data_fd = self.fds.popleft()
-        if self.state is None:
-            os.close(data_fd)
-            raise ApiError(errno.EBADFD, "SOCKET must come first")
-        try:
-            data = socket.socket(fileno=data_fd)
-        except OSError:
-            os.close(data_fd)
-            raise ApiError(errno.EINVAL, "the passed file descriptor is not a socket") from None
-        if data.family != socket.AF_UNIX or data.type != socket.SOCK_STREAM:
-            data.close()
-            raise ApiError(errno.EINVAL, "the data descriptor must be a Unix stream socket")
-        try:
-            self._require(Request.CONNECT)
-        except ApiError:
-            data.close()
-            raise
-        data.setblocking(False)
-        self.state = SocketState.CONNECTING
-        self.remote = f"{m.host}:{m.port}"
-        self.connect_task = self.loop.create_task(self._connect(m, data))
-
-    async def _connect(self, m: Connect, data: socket.socket) -> None:
-        try:
-            await self._establish(m)
-        except ApiError as exc:
-            self._connect_failed(exc.errno, exc.message, data, m.filler)
-            return
-        except asyncio.CancelledError:
-            data.close()
-            raise
-        except Exception as exc:  # noqa: BLE001 - never let one socket kill the engine
-            log.exception("%s: internal error during connect", self._who())
-            self._connect_failed(errno.EPROTO, f"internal engine error: {type(exc).__name__}",
-                                 data, m.filler)
-            return
-        assert self.conn is not None and self.tcp is not None
-        if self.closed:
-            data.close()
-            return
-        local = self.tcp.getsockname()
-        peer = self.tcp.getpeername()
-        self.state = SocketState.CONNECTED
-        self.engine.connected += 1
-        log.info("%s: connected to %s (%s) %s %s", self._who(), self.remote, peer[0],
-                 self.conn.get_protocol_version_name(), self.conn.get_cipher_name())
-        self.send(Connected(local_host=local[0], local_port=local[1],
-                            peer_host=peer[0], peer_port=peer[1]))
-        # the reply is queued first: once the filler is gone and the application's
-        # descriptor turns writable, the result is already there to read.
-        _drain_filler(data, m.filler)
-        self.relay = Relay(self.loop, self.conn, self.tcp, data, self._on_stream_end,
-                           self._on_relay_finished)
-        self.relay.start()
-
-    def _connect_failed(self, code: int, message: str, data: socket.socket, filler: int) -> None:
-        log.info("%s: connect to %s failed: %s", self._who(), self.remote, message)
-        self.state = SocketState.BROKEN
-        self.last_error = message
-        if self.tcp is not None:
-            self.tcp.close()
-            self.tcp = None
-        self.conn = None
-        # reply first, then release the data fd: the application learns the
-        # result from the reply by the time its fd becomes writable.
-        self.send(ConnectFailed(errno=code, message=message))
-        _drain_filler(data, filler)
-        data.close()
-
-    async def _establish(self, m: Connect) -> None:
-        o = self.options
-        assert o is not None
-        policy = o.policy
-        host_is_ip = ip_literal(m.host) is not None
-        verify_name = o.remote_hostname
-        if verify_name is None and not host_is_ip:
-            verify_name = m.host.rstrip(".").lower()
-        if verify_name is None and policy.verify.allow_ip_names:
-            verify_name = m.host.strip("[]")  # the policy lets IP certificates verify
-        if verify_name is None:
-            raise ApiError(errno.EPROTO, "connect((ip, port)) needs TLS_REMOTE_HOSTNAME: the "
-                           "engine cannot verify a server without its host name")
-        verify_ip = ip_literal(verify_name)
-        if verify_ip is not None and not policy.verify.allow_ip_names:
-            raise ApiError(errno.EPROTO, f"verifying a server by IP address ({verify_name}) is "
-                           f"not allowed by the {policy.source}; set TLS_REMOTE_HOSTNAME to "
-                           "its host name")
-        try:
-            settings = o.settings()
-            cfg = ClientConfig(settings, policy.verify.trust_store, policy.verify.verify_depth,
-                               tuple(o.extra_trust), o.credentials())
-            ctx = self.engine.contexts.client(cfg)
-        except CredentialError as exc:
-            raise ApiError(errno.EPROTO, str(exc)) from None
-        except SSL.Error as exc:
-            raise ApiError(errno.EPROTO, f"cannot build the TLS context: {exc}") from None
-        self.tcp = await self._tcp_connect(m.host, m.port, policy.handshake_timeout)
-        for (level, name), value in o.tcp.items():
-            _apply_tcp_option(self.tcp, level, name, value)
-        conn = SSL.Connection(ctx, self.tcp)
-        conn.set_connect_state()
-        if verify_ip is None:
-            conn.set_tlsext_host_name(verify_name.encode("ascii"))
-        fastio.set_verify_host(conn, verify_name, verify_ip)
-        if o.alpn:
-            conn.set_alpn_protos(list(o.alpn))
-        self.conn = conn
-        try:
-            async with asyncio.timeout(policy.handshake_timeout):
-                await handshake(self.loop, conn, self.tcp.fileno())
-        except TimeoutError:
-            raise ApiError(errno.ETIMEDOUT, f"TLS handshake timeout: no answer from {self.remote} "
-                           f"within {policy.handshake_timeout:g} s") from None
-        except SSL.Error as exc:
-            raise ApiError(errno.EPROTO, describe_handshake_error(conn, exc, verify_name)) from None
-        code, text = fastio.verify_result(conn)
-        if code != 0:  # defence in depth: VERIFY_PEER already enforces this
-            raise ApiError(errno.EPROTO, f"certificate verification failed: {text}")
-
-    async def _tcp_connect(self, host: str, port: int, timeout: float) -> socket.socket:
-        literal = ip_literal(host)
-        if literal is not None:  # no resolver round trip for an address
-            fam = socket.AF_INET6 if len(literal) == 16 else socket.AF_INET
-            addr: tuple[object, ...] = (host.strip("[]"), port) if fam == socket.AF_INET else (
-                host.strip("[]"), port, 0, 0)
-            infos = [(fam, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", addr)]
-        else:
-            try:
-                infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except socket.gaierror as exc:
-                raise ApiError(errno.EHOSTUNREACH,
-                               f"cannot resolve {host!r}: {exc.strerror}") from None
-        # Interleave IPv6 and IPv4 (RFC 8305 section 4) and try them in turn.
-        v6 = [i for i in infos if i[0] == socket.AF_INET6]
-        v4 = [i for i in infos if i[0] == socket.AF_INET]
-        ordered = [x for pair in itertools.zip_longest(v6, v4) for x in pair if x is not None]
-        last: OSError | None = None
-        if self.bound is not None:  # bind() before connect(): that socket, that address
-            ordered = [i for i in ordered if i[0] == self.bound.family][:1]
-            if not ordered:
-                raise ApiError(errno.EAFNOSUPPORT, f"{host} has no address of the bound "
-                               "socket's family")
-        for fam, stype, proto, _, addr in ordered:
-            if self.bound is not None:
-                sock, self.bound = self.bound, None
-            else:
-                sock = socket.socket(fam, stype, proto)
-            sock.setblocking(False)
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.loop.sock_connect(sock, addr)
-                return sock
-            except TimeoutError:
-                sock.close()
-                last = OSError(errno.ETIMEDOUT, f"TCP connect to {addr[0]} port {port} timed out")
-            except OSError as exc:
-                sock.close()
-                last = exc
-            except BaseException:
-                sock.close()
-                raise
-        assert last is not None
-        code = last.errno or errno.ECONNREFUSED
-        raise ApiError(code, f"cannot connect to {host} port {port}: "
-                       f"{last.strerror or os.strerror(code)}")
-
     # -- stream end -----------------------------------------------------------
     def _on_stream_end(self, code: int, message: str) -> None:
         if self.pha_timer is not None:
@@ -880,34 +453,8 @@ class Session:
         self.close()
 
 
-class _Unexpected(FrameError):
-    errno_value = errno.EBADMSG
-
-
 def _tls_option(optname: int) -> tuple[TLSOption, opt.OptionSpec]:
     found = opt.lookup(optname)
     if found is None:
         raise ApiError(errno.ENOPROTOOPT, f"unknown IPPROTO_TLS option {optname}")
     return found
-
-
-def _apply_tcp_option(sock: socket.socket, level: int, name: int, value: int | bytes) -> None:
-    try:
-        sock.setsockopt(level, name, value)
-    except OSError as exc:
-        raise ApiError(exc.errno or errno.EINVAL, f"socket option ({level}, {name}): "
-                       f"{exc.strerror}") from None
-
-
-def _drain_filler(data: socket.socket, count: int) -> None:
-    """Discard the filler bytes the library queued to hold its fd unwritable."""
-    while count > 0:
-        try:
-            chunk = data.recv(min(count, 1 << 20))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return
-        if not chunk:
-            return
-        count -= len(chunk)
