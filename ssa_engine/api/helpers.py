@@ -44,6 +44,7 @@ def configure(
     certfile: PathOrPem | None = None,
     keyfile: PathOrPem | None = None,
     alpn: Sequence[str] | None = None,
+    peer_auth: int | None = None,
 ) -> None:
     """Apply the helper keyword arguments as the matching TLS options (one round trip)."""
     options: list[tuple[int, int, Any]] = []
@@ -57,6 +58,8 @@ def configure(
         options.append((opt.IPPROTO_TLS, TLS_PRIVATE_KEY, keyfile))
     if alpn:
         options.append((opt.IPPROTO_TLS, TLS_ALPN, ",".join(alpn)))
+    if peer_auth is not None:
+        options.append((opt.IPPROTO_TLS, TLS_REQUEST_PEER_AUTH, peer_auth))
     sock.ssa_setsockopts(options)
 
 
@@ -107,17 +110,9 @@ def create_server(
     host, port = address
     sock = TLSSocket(family_for(host), _socket.SOCK_STREAM, opt.IPPROTO_TLS)
     try:
-        options: list[tuple[int, int, Any]] = []
-        if certfile is not None:
-            options.append((opt.IPPROTO_TLS, TLS_CERTIFICATE_CHAIN, certfile))
-        if keyfile is not None:
-            options.append((opt.IPPROTO_TLS, TLS_PRIVATE_KEY, keyfile))
-        if cafile is not None:
-            options.append((opt.IPPROTO_TLS, TLS_TRUSTED_PEER_CERTIFICATES, cafile))
-            options.append((opt.IPPROTO_TLS, TLS_REQUEST_PEER_AUTH, 1))
-        if alpn:
-            options.append((opt.IPPROTO_TLS, TLS_ALPN, ",".join(alpn)))
-        sock.ssa_setsockopts(options)
+        # a CA file on a server means: require client certificates from that CA
+        configure(sock, cafile=cafile, certfile=certfile, keyfile=keyfile, alpn=alpn,
+                  peer_auth=1 if cafile is not None else None)
         sock.bind((host, port))
         sock.listen(128 if backlog is None else backlog)
     except BaseException:
