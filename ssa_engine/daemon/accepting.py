@@ -281,8 +281,9 @@ class ServerSide:
         self.remote = f"{peer[0]}:{peer[1]}"
         self.engine.sockets += 1
         self.engine.connected += 1
-        log.info("%s: accepted %s %s %s sni=%s", self._who(), self.remote,
-                 conn.get_protocol_version_name(), conn.get_cipher_name(), sni)
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s: accepted %s %s %s sni=%s", self._who(), self.remote,
+                     conn.get_protocol_version_name(), conn.get_cipher_name(), sni)
         self.relay = Relay(self.loop, conn, tcp, data, self._on_stream_end,
                            self._on_relay_finished)
         self.relay.start()

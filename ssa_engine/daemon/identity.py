@@ -26,7 +26,7 @@ class PeerIdentity:
     that connected, not a later one that got the same pid.
     """
 
-    __slots__ = ("pid", "uid", "gid", "pidfd", "_proc")
+    __slots__ = ("pid", "uid", "gid", "pidfd", "_proc", "_shared")
 
     def __init__(self, pid: int, uid: int, gid: int, pidfd: int | None) -> None:
         self.pid = pid
@@ -34,6 +34,7 @@ class PeerIdentity:
         self.gid = gid
         self.pidfd = pidfd
         self._proc: tuple[str | None, str | None] | None = None
+        self._shared = [1]  # holders of this pidfd (see dup)
 
     def _load(self) -> tuple[str | None, str | None]:
         if self._proc is None:
@@ -61,19 +62,28 @@ class PeerIdentity:
         return comm or f"pid {self.pid}"
 
     def dup(self) -> PeerIdentity:
-        """The same identity, with its own pidfd (for an accepted socket)."""
-        pidfd = os.dup(self.pidfd) if self.pidfd is not None else None
-        other = PeerIdentity(self.pid, self.uid, self.gid, pidfd)
-        other._proc = self._proc
+        """The same identity for an accepted socket: the pidfd is shared, not copied.
+
+        One descriptor per program instead of one per connection; the pidfd is
+        closed when the last holder closes.
+        """
+        other = PeerIdentity(self.pid, self.uid, self.gid, None)
+        other.pidfd = self.pidfd
+        other._proc = self._load() if self.pidfd is not None else self._proc
+        other._shared = self._shared
+        self._shared[0] += 1
         return other
 
     def close(self) -> None:
-        if self.pidfd is not None:
+        if self.pidfd is None:
+            return
+        self._shared[0] -= 1
+        if self._shared[0] <= 0:
             try:
                 os.close(self.pidfd)
             except OSError:
                 pass
-            self.pidfd = None
+        self.pidfd = None
 
 
 def _exited(pidfd: int) -> bool:
