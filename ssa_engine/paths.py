@@ -12,6 +12,12 @@ from pathlib import Path
 ENV_CONFIG_DIR = "SSA_CONFIG_DIR"
 ENV_STATE_DIR = "SSA_STATE_DIR"
 ENV_ENGINE_SOCKET = "SSA_ENGINE_SOCKET"
+ENV_PROFILES_DIR = "SSA_PROFILES_DIR"
+
+#: the default policy, inside the configuration directory
+CONFIG_FILE = "ssa.yaml"
+#: one applied profile per file, inside the configuration directory
+PROFILES_SUBDIR = "profiles.d"
 
 
 def _is_root() -> bool:
@@ -25,6 +31,24 @@ def config_dir() -> Path:
         return Path("/etc/ssa")
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "ssa"
+
+
+def profiles_dir(config: Path | None = None) -> Path:
+    """Where applied profiles live: ``CONFIG/profiles.d``."""
+    return (config if config is not None else config_dir()) / PROFILES_SUBDIR
+
+
+def bundled_profiles_dir() -> Path:
+    """The profiles shipped with ssa (``profiles/`` of the source tree or the
+    installed ``share/ssa/profiles``); ``SSA_PROFILES_DIR`` overrides."""
+    if value := os.environ.get(ENV_PROFILES_DIR):
+        return Path(value)
+    source_tree = Path(__file__).resolve().parent.parent / "profiles"
+    if source_tree.is_dir():
+        return source_tree
+    import sys
+
+    return Path(sys.prefix) / "share" / "ssa" / "profiles"
 
 
 def state_dir() -> Path:
