@@ -27,6 +27,15 @@ SocketOption = Annotated[
 ]
 
 
+def _complete_level(incomplete: str) -> list[str]:
+    """Level names for ``serve --level`` completion (never raises: it runs on every TAB)."""
+    try:
+        from .policy.levels import LEVELS
+    except Exception:
+        return []
+    return [name for name in LEVELS if name.startswith(incomplete)]
+
+
 def _setup_logging(level: str) -> None:
     numeric = getattr(logging, level.upper(), None)
     if not isinstance(numeric, int):
@@ -48,7 +57,8 @@ def _setup_logging(level: str) -> None:
 @app.command()
 def serve(
     socket: SocketOption = None,
-    level: Annotated[str, typer.Option(help="Security level of the default policy.")] = "default",
+    level: Annotated[str, typer.Option(help="Security level of the default policy.",
+                                       autocompletion=_complete_level)] = "default",
     handshake_timeout: Annotated[
         float, typer.Option(help="Seconds a TLS handshake may take.", min=0.1, max=3600)
     ] = 10.0,

@@ -20,6 +20,8 @@ import typer
 
 from ssa_engine import paths
 
+from .completion import complete_certificates
+
 if TYPE_CHECKING:  # the store pulls in cryptography: imported when a command runs
     from ssa_engine.store import Store, Version
 
@@ -146,7 +148,8 @@ def _files(store: Store, name: str) -> dict[str, str]:
 # -- commands ----------------------------------------------------------------------------
 @app.command("import")
 def import_(
-    name: Annotated[str, typer.Argument(help="Store name (e.g. example.com).", show_default=False)],
+    name: Annotated[str, typer.Argument(help="Store name (e.g. example.com).", show_default=False,
+                                        autocompletion=complete_certificates)],
     cert: Annotated[Path, typer.Option("--cert", help="PEM certificate (the leaf, optionally "
                                        "followed by its chain).", show_default=False)],
     key: Annotated[Path, typer.Option("--key", help="PEM private key, unencrypted.",
@@ -214,7 +217,8 @@ def list_(state_dir: StateDir = None, as_json: Json = False) -> None:
 
 @app.command("show")
 def show(
-    name: Annotated[str, typer.Argument(help="Store name.", show_default=False)],
+    name: Annotated[str, typer.Argument(help="Store name.", show_default=False,
+                                        autocompletion=complete_certificates)],
     state_dir: StateDir = None,
     as_json: Json = False,
 ) -> None:
