@@ -57,15 +57,23 @@ def _setup_logging(level: str) -> None:
 @app.command()
 def serve(
     socket: SocketOption = None,
-    level: Annotated[str, typer.Option(help="Security level of the default policy.",
+    config_dir: Annotated[
+        Path | None,
+        typer.Option("--config-dir", envvar=paths.ENV_CONFIG_DIR, show_default=False,
+                     help="Configuration: ssa.yaml and profiles.d/ (default /etc/ssa as root, "
+                          "else $XDG_CONFIG_HOME/ssa)."),
+    ] = None,
+    level: Annotated[str, typer.Option(help="Security level when ssa.yaml sets none.",
                                        autocompletion=_complete_level)] = "default",
     handshake_timeout: Annotated[
-        float, typer.Option(help="Seconds a TLS handshake may take.", min=0.1, max=3600)
+        float, typer.Option(help="Seconds a TLS handshake may take, when ssa.yaml sets none.",
+                            min=0.1, max=3600)
     ] = 10.0,
     certificate: Annotated[
         list[str] | None,
         typer.Option("--certificate", help="Store certificate served by listeners that bring "
-                     "none (repeat; the first is the default).", show_default=False),
+                     "none, when ssa.yaml lists none (repeat; the first is the default).",
+                     show_default=False),
     ] = None,
     state_dir: Annotated[
         Path | None,
@@ -77,7 +85,11 @@ def serve(
     ] = 16384,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Run the engine in the foreground (systemd, a terminal, a container)."""
+    """Run the engine in the foreground (systemd, a terminal, a container).
+
+    The options give the embedded defaults; ssa.yaml in the configuration
+    directory overrides them, and profiles.d/*.yaml adjust them per program.
+    """
     from .daemon.server import EngineError, run
     from .policy import DEFAULT_POLICY, LEVELS
     from .policy.enforce import with_level
@@ -89,7 +101,8 @@ def serve(
     policy = replace(with_level(DEFAULT_POLICY, level), handshake_timeout=handshake_timeout,
                      server_certificates=tuple(certificate or ()))
     try:
-        run(socket or paths.engine_socket(), policy, state_dir, max_sockets_per_user)
+        run(socket or paths.engine_socket(), policy, state_dir, max_sockets_per_user,
+            config_dir or paths.config_dir())
     except EngineError as exc:
         typer.echo(f"ssa-engine: {exc}", err=True)
         raise typer.Exit(code=1) from None

@@ -46,6 +46,10 @@ class EngineProcess:
     def __init__(self, directory: Path, *args: str) -> None:
         self.socket = directory / "engine.sock"
         self.log = directory / "engine.log"
+        #: the engine's configuration directory (empty unless a test writes to it)
+        self.config = directory / "config"
+        if "--config-dir" not in args:
+            args = ("--config-dir", str(self.config), *args)
         env = dict(os.environ)
         self._logf = open(self.log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(

@@ -10,9 +10,12 @@ that the process is still the same one (see :meth:`PeerIdentity.still_alive`).
 from __future__ import annotations
 
 import os
+import pwd
 import select
 import socket
 import struct
+
+from ..policy.match import Program
 
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 _UCRED = struct.Struct("3i")
@@ -61,6 +64,13 @@ class PeerIdentity:
             return os.path.basename(exe)
         return comm or f"pid {self.pid}"
 
+    def program_info(self) -> Program:
+        """Everything profile matching looks at (reads /proc once more for the unit)."""
+        exe, comm = self._load()
+        unit = None if exe is None and comm is None else _read_unit(self.pid)
+        return Program(pid=self.pid, exe=exe, comm=comm, uid=self.uid,
+                       user=_user_name(self.uid), unit=unit)
+
     def dup(self) -> PeerIdentity:
         """The same identity for an accepted socket: the pidfd is shared, not copied.
 
@@ -108,6 +118,34 @@ def _read_proc(pid: int) -> tuple[str | None, str | None]:
     except OSError:
         pass
     return exe, comm
+
+
+def _user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _read_unit(pid: int) -> str | None:
+    """The systemd unit of ``pid``: the deepest ``.service`` or ``.scope`` in its cgroup.
+
+    ``0::/system.slice/nginx.service`` -> ``nginx.service``; user services
+    (``.../user@1000.service/app.slice/foo.service``) give their own unit.
+    """
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    # cgroup v2 ("0::/path"), else the v1 systemd hierarchy ("N:name=systemd:/path")
+    paths = [line.split(":", 2)[2] for line in lines if line.startswith("0::")]
+    paths += [line.split(":", 2)[2] for line in lines if ":name=systemd:" in line]
+    for path in paths:
+        units = [p for p in path.split("/") if p.endswith((".service", ".scope"))]
+        if units:
+            return units[-1]
+    return None
 
 
 def peer_identity(sock: socket.socket) -> PeerIdentity:

@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 
 from .. import __version__, paths
+from ..config import ConfigErrors, Selection
 from ..policy import DEFAULT_POLICY, Policy
 from ..store import Store
 from . import fastio
 from .identity import PeerIdentity, peer_identity
+from .reload import Configuration
 from .session import Session
 from .tlsctx import ContextCache
 
@@ -38,10 +40,16 @@ class EngineError(Exception):
 class Engine:
     def __init__(self, socket_path: Path, policy: Policy = DEFAULT_POLICY,
                  state_dir: Path | None = None,
-                 max_per_user: int = MAX_SOCKETS_PER_USER) -> None:
+                 max_per_user: int = MAX_SOCKETS_PER_USER,
+                 config_dir: Path | None = None) -> None:
         self.socket_path = socket_path
-        self.policy = policy
-        self.store = Store(state_dir if state_dir is not None else paths.state_dir())
+        state = state_dir if state_dir is not None else paths.state_dir()
+        try:
+            self.config = Configuration(config_dir or paths.config_dir(), policy, state)
+        except ConfigErrors as exc:
+            raise EngineError("the configuration is invalid; fix it and start again:\n"
+                              + "\n".join(f"  {e}" for e in exc.errors)) from None
+        self.store = Store(state)
         self.contexts = ContextCache()
         self.sessions: set[Session] = set()
         self.sockets = 0
@@ -55,9 +63,22 @@ class Engine:
         self._lock_fd: int | None = None
         self._stopped: asyncio.Event | None = None
 
-    def policy_for(self, peer: PeerIdentity) -> Policy:
-        """The policy that governs this program's sockets (profiles: issue 4)."""
-        return self.policy
+    @property
+    def policy(self) -> Policy:
+        """The default policy in force."""
+        return self.config.current.default
+
+    def policy_for(self, peer: PeerIdentity) -> Selection:
+        """The policy that governs this program's sockets, and why."""
+        config = self.config.current
+        if not config.profiles:  # no need to look at /proc
+            return Selection(config.default, None, "no profile is applied")
+        selection = config.select(peer.program_info())
+        if selection.tied:
+            log.warning("profiles %s match %s equally; %s wins by name order",
+                        ", ".join((selection.profile.name,) + selection.tied),  # type: ignore[union-attr]
+                        peer.program, selection.profile.name)  # type: ignore[union-attr]
+        return selection
 
     def status(self) -> dict[str, object]:
         live = [s for s in self.sessions if s.state is not None]
@@ -66,9 +87,7 @@ class Engine:
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started, 1),
             "socket": str(self.socket_path),
-            "policy": self.policy.source,
-            "level": self.policy.level.name,
-            "server_certificates": list(self.policy.server_certificates),
+            **self.config.status(),
             "listeners": sum(1 for s in live if s.listener is not None),
             "sockets": len(live),
             "connected": sum(1 for s in live if s.relay is not None and not s.relay.finished),
@@ -145,6 +164,7 @@ class Engine:
         self._take_lock()
         self._listener = self._bind()
         loop.add_reader(self._listener.fileno(), self._on_accept)
+        self.config.start(loop)
         log.info("ssa-engine %s serving %s (policy: %s, level %s)", __version__,
                  self.socket_path, self.policy.source, self.policy.level.name)
 
@@ -210,6 +230,7 @@ class Engine:
             self._stopped.set()
 
     def close(self) -> None:
+        self.config.stop()
         if self._listener is not None:
             self.loop.remove_reader(self._listener.fileno())
             self._listener.close()
@@ -239,8 +260,8 @@ def raise_nofile_limit() -> None:
 
 
 def run(socket_path: Path, policy: Policy = DEFAULT_POLICY, state_dir: Path | None = None,
-        max_per_user: int = MAX_SOCKETS_PER_USER) -> None:
-    engine = Engine(socket_path, policy, state_dir, max_per_user)
+        max_per_user: int = MAX_SOCKETS_PER_USER, config_dir: Path | None = None) -> None:
+    engine = Engine(socket_path, policy, state_dir, max_per_user, config_dir)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

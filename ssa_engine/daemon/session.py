@@ -38,6 +38,7 @@ from ..protocol import (
     Listen,
     Message,
     Ok,
+    ReloadRequest,
     SetSockOpt,
     SocketRequest,
     StatusReply,
@@ -229,6 +230,8 @@ class Session(ClientSide, ServerSide):
                 self._on_socket(message)
             elif isinstance(message, StatusRequest):
                 self._on_status()
+            elif isinstance(message, ReloadRequest):
+                self._on_reload()
             elif self.state is None:
                 if isinstance(message, Listen) and self.fds:
                     os.close(self.fds.popleft())  # its descriptor is not taken
@@ -267,7 +270,7 @@ class Session(ClientSide, ServerSide):
                            f"(the engine allows {self.engine.max_per_user} per user)") from None
         self.family = m.family
         self.socket_id = next(socket_ids)
-        self.options = SocketOptions(policy=self.engine.policy_for(self.peer))
+        self.options = SocketOptions(policy=self.engine.policy_for(self.peer).policy)
         self.state = SocketState.CREATED
         self.engine.sockets += 1
         self.send(Ok(socket_id=self.socket_id))
@@ -276,6 +279,12 @@ class Session(ClientSide, ServerSide):
         if self.peer.uid not in (0, os.geteuid()):
             raise ApiError(errno.EACCES, "status is only for root and the engine's user")
         self.send(StatusReply(document=json.dumps(self.engine.status())))
+
+    def _on_reload(self) -> None:
+        if self.peer.uid not in (0, os.geteuid()):
+            raise ApiError(errno.EACCES, "reload is only for root and the engine's user")
+        result = self.engine.config.reload(f"requested by {self.peer.program} (pid {self.peer.pid})")
+        self.send(StatusReply(document=json.dumps(result)))
 
     def _require(self, request: Request) -> None:
         assert self.state is not None

@@ -36,6 +36,7 @@ class TLSSettings:
     ciphersuites: tuple[str, ...]
     groups: tuple[str, ...]
     seclevel: int
+    sigalgs: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -79,7 +80,7 @@ def check_version(policy: Policy, which: str, value: int) -> None:
 
 
 def allowed_ciphers(policy: Policy) -> frozenset[str]:
-    return frozenset(policy.level.ciphers + policy.level.ciphersuites)
+    return frozenset(policy.effective_ciphers + policy.effective_ciphersuites)
 
 
 def check_cipher(policy: Policy, action: str, name: str) -> str:
@@ -90,8 +91,7 @@ def check_cipher(policy: Policy, action: str, name: str) -> str:
     if action == "enable" and cipher not in allowed_ciphers(policy):
         if "ciphers" not in policy.app_overrides:
             raise PolicyViolation(
-                f"TLS_ENABLE_CIPHER {cipher}: not allowed by the {policy.source} "
-                f"(level {policy.level.name})"
+                f"TLS_ENABLE_CIPHER {cipher}: not allowed by the {policy.source}"
             )
     return cipher
 
@@ -100,8 +100,9 @@ def effective(policy: Policy, app: AppRequests) -> TLSSettings:
     """Combine the policy with already-checked application requests."""
     lo = policy.effective_min_version if app.min_version is None else app.min_version
     hi = policy.effective_max_version if app.max_version is None else app.max_version
-    ciphers = [c for c in policy.level.ciphers if c not in app.disabled]
-    suites = [c for c in policy.level.ciphersuites if c not in app.disabled]
+    base_ciphers = policy.effective_ciphers
+    ciphers = [c for c in base_ciphers if c not in app.disabled]
+    suites = [c for c in policy.effective_ciphersuites if c not in app.disabled]
     if "ciphers" in policy.app_overrides:
         for c in sorted(app.enabled):
             if c.startswith("TLS_") and c not in suites:
@@ -110,14 +111,15 @@ def effective(policy: Policy, app: AppRequests) -> TLSSettings:
                 ciphers.append(c)
     else:
         # re-enabling a cipher that this socket disabled earlier
-        ciphers += [c for c in policy.level.ciphers if c in app.enabled and c not in ciphers]
+        ciphers += [c for c in base_ciphers if c in app.enabled and c not in ciphers]
     return TLSSettings(
         min_version=lo,
         max_version=hi,
         ciphers=tuple(ciphers),
         ciphersuites=tuple(suites),
-        groups=policy.level.groups,
+        groups=policy.effective_groups,
         seclevel=policy.level.openssl_seclevel,
+        sigalgs=policy.level.sigalgs,
     )
 
 

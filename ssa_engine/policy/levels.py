@@ -63,6 +63,24 @@ IANA_NAMES = {
 
 #: every cipher name this project knows (so that disabling a typo is an error)
 KNOWN_CIPHERS = frozenset(_FS_AEAD_12 + _LEGACY_EXTRA_12 + _SUITES_13)
+KNOWN_SUITES = frozenset(_SUITES_13)
+
+#: key-exchange groups a policy may name (OpenSSL spellings); the engine drops
+#: those its OpenSSL lacks (the post-quantum hybrids need OpenSSL 3.5)
+KNOWN_GROUPS = frozenset((
+    "X25519", "X448", "P-256", "P-384", "P-521",
+    "X25519MLKEM768", "SecP256r1MLKEM768", "SecP384r1MLKEM1024",
+    "ffdhe2048", "ffdhe3072", "ffdhe4096",
+))
+
+# Signature algorithms (RFC 8446 section 4.2.3 names, as OpenSSL's
+# SSL_CTX_set1_sigalgs_list takes them). SHA-1 and SHA-224 are never offered.
+_SIGALGS_ECDSA = ("ecdsa_secp256r1_sha256", "ecdsa_secp384r1_sha384", "ecdsa_secp521r1_sha512")
+_SIGALGS_EDDSA = ("ed25519", "ed448")
+_SIGALGS_PSS = ("rsa_pss_rsae_sha256", "rsa_pss_rsae_sha384", "rsa_pss_rsae_sha512",
+                "rsa_pss_pss_sha256", "rsa_pss_pss_sha384", "rsa_pss_pss_sha512")
+_SIGALGS_PKCS1 = ("rsa_pkcs1_sha256", "rsa_pkcs1_sha384", "rsa_pkcs1_sha512")
+_SIGALGS = _SIGALGS_ECDSA + _SIGALGS_EDDSA + _SIGALGS_PSS + _SIGALGS_PKCS1
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +95,10 @@ class Level:
     ciphersuites: tuple[str, ...]  # TLS 1.3
     groups: tuple[str, ...]  # OpenSSL group names, in preference order
     min_rsa_bits: int
+    #: smallest elliptic-curve key, bits
+    min_ec_bits: int
+    #: signature algorithms for the handshake and certificates, in preference order
+    sigalgs: tuple[str, ...]
     #: OpenSSL security level, which also bounds key sizes and signature hashes
     openssl_seclevel: int
 
@@ -91,6 +113,8 @@ LEVELS: dict[str, Level] = {
         _SUITES_13,
         ("X25519", "P-256", "P-384", "P-521"),
         2048,
+        224,
+        _SIGALGS,
         1,
     ),
     "default": Level(
@@ -102,6 +126,8 @@ LEVELS: dict[str, Level] = {
         _SUITES_13,
         ("X25519", "P-256", "P-384"),
         2048,
+        256,
+        _SIGALGS,
         2,
     ),
     "modern": Level(
@@ -113,6 +139,8 @@ LEVELS: dict[str, Level] = {
         _SUITES_13,
         ("X25519", "P-256", "P-384"),
         2048,
+        256,
+        _SIGALGS,
         2,
     ),
     "future": Level(
@@ -124,6 +152,8 @@ LEVELS: dict[str, Level] = {
         ("TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"),
         ("X25519MLKEM768", "X25519", "P-384"),
         3072,
+        256,
+        _SIGALGS_ECDSA + _SIGALGS_EDDSA + _SIGALGS_PSS,
         3,
     ),
     "fips": Level(
@@ -140,6 +170,8 @@ LEVELS: dict[str, Level] = {
         ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384"),
         ("P-256", "P-384"),
         2048,
+        256,
+        _SIGALGS_ECDSA + _SIGALGS_PSS + _SIGALGS_PKCS1,
         2,
     ),
 }

@@ -36,6 +36,7 @@ from .messages import (
     Message,
     MessageType,
     Ok,
+    ReloadRequest,
     SetSockOpt,
     SocketRequest,
     StatusReply,
@@ -50,5 +51,5 @@ __all__ = [
     "VersionMismatch", "MIN_PROTOCOL_VERSION", "PROTOCOL_VERSION", "Closed", "Connect",
     "ConnectFailed", "Connected", "Error", "GetSockOpt", "Hello", "HelloOk", "Message",
     "MessageType", "Ok",
-    "SetSockOpt", "SocketRequest", "StatusReply", "StatusRequest",
+    "SetSockOpt", "SocketRequest", "ReloadRequest", "StatusReply", "StatusRequest",
 ]

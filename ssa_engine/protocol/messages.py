@@ -31,6 +31,7 @@ class MessageType(enum.IntEnum):
     BIND = 6  #: app -> engine: bind the engine's listening socket
     LISTEN = 7  #: app -> engine: start listening; carries the notification fd
     STATUS = 16  #: app -> engine: admin query (root or the engine's user only)
+    RELOAD = 17  #: app -> engine: reload the configuration (root or the engine's user only)
     HELLO_OK = 32  #: engine -> app: version chosen
     OK = 33  #: engine -> app: request succeeded, optional value
     ERROR = 34  #: engine -> app: request failed with an errno and a message
@@ -163,7 +164,8 @@ MESSAGE_TYPES: dict[int, type[Any]] = {}
 #: message types an application may send (the rest are the engine's)
 REQUEST_TYPES = frozenset(
     {MessageType.HELLO, MessageType.SOCKET, MessageType.SETSOCKOPT, MessageType.GETSOCKOPT,
-     MessageType.CONNECT, MessageType.BIND, MessageType.LISTEN, MessageType.STATUS}
+     MessageType.CONNECT, MessageType.BIND, MessageType.LISTEN, MessageType.STATUS,
+     MessageType.RELOAD}
 )
 
 
@@ -272,6 +274,12 @@ class Listen(Message):
 @dataclass(frozen=True, slots=True)
 class StatusRequest(Message):
     TYPE = MessageType.STATUS
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class ReloadRequest(Message):
+    TYPE = MessageType.RELOAD
 
 
 @_register

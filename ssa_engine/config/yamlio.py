@@ -1,0 +1,144 @@
+"""The one module that touches ruamel.yaml.
+
+Loading keeps what the administrator wrote (round-trip mode: comments, key
+order, quoting) so that ``ssa-admin`` can edit a file and save it with only
+the edited value changed, and keeps line and column numbers so that every
+configuration error can say where it is.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from ..policy.schema import ConfigError, ConfigErrors, Key
+
+#: Security parameter: a configuration file larger than this is refused.
+MAX_FILE_SIZE = 256 * 1024
+
+
+def _yaml() -> YAML:
+    y = YAML(typ="rt")
+    y.preserve_quotes = True
+    # the layout of the bundled profiles: lists indented under their key
+    y.indent(mapping=2, sequence=4, offset=2)
+    y.width = 100
+    return y
+
+
+def _error(file: str, message: str, line: int | None = None, col: int | None = None) -> ConfigErrors:
+    return ConfigErrors([ConfigError(file, line, col, (), message)])
+
+
+def load_text(text: str, file: str) -> Any:
+    """Parse ``text``; raise :class:`ConfigErrors` naming the line of a syntax error."""
+    if len(text.encode("utf-8", "replace")) > MAX_FILE_SIZE:
+        raise _error(file, f"larger than {MAX_FILE_SIZE // 1024} KiB; is this the right file?")
+    try:
+        tree = _yaml().load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(str(p) for p in (exc.problem, exc.context) if p) or "invalid YAML"
+        if mark is None:
+            raise _error(file, f"invalid YAML: {problem}") from None
+        raise _error(file, f"invalid YAML: {problem}", mark.line + 1, mark.column + 1) from None
+    except YAMLError as exc:
+        raise _error(file, f"invalid YAML: {exc}") from None
+    _refuse_aliases(tree, file)
+    return tree
+
+
+def load_file(path: Path) -> Any:
+    """Read and parse ``path``; unreadable or not UTF-8 is a :class:`ConfigErrors` too."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_SIZE + 1)
+    except OSError as exc:
+        raise _error(str(path), f"cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _error(str(path), f"not UTF-8 text (byte {exc.start})") from None
+    return load_text(text, str(path))
+
+
+def _refuse_aliases(tree: Any, file: str) -> None:
+    # An alias makes the same node appear twice; walking "billion laughs"
+    # documents would take forever, and a policy has no use for them.
+    seen: set[int] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (CommentedMap, CommentedSeq)):
+            if id(node) in seen:
+                line, col = node.lc.line, node.lc.col
+                raise _error(file, "YAML aliases (*name) are not supported in policy files",
+                             line + 1 if line is not None else None,
+                             col + 1 if col is not None else None)
+            seen.add(id(node))
+            stack.extend(node.values() if isinstance(node, CommentedMap) else node)
+
+
+def locator(tree: Any) -> Any:
+    """A :data:`ssa_engine.policy.schema.Locator` for ``tree``."""
+
+    def locate(keys: tuple[Key, ...], at_key: bool) -> tuple[int, int] | None:
+        node = tree
+        best: tuple[int, int] | None = (1, 1)
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            try:
+                if isinstance(node, CommentedMap) and key in node:
+                    pos = node.lc.key(key) if (last and at_key) else node.lc.value(key)
+                elif isinstance(node, CommentedSeq) and isinstance(key, int) and key < len(node):
+                    pos = node.lc.item(key)
+                else:
+                    return best
+            except (KeyError, IndexError, TypeError):
+                return best
+            best = (pos[0] + 1, pos[1] + 1)
+            node = node[key]
+        return best
+
+    return locate
+
+
+def dump(tree: Any) -> str:
+    out = io.StringIO()
+    _yaml().dump(tree, out)
+    return out.getvalue()
+
+
+def new_map() -> CommentedMap:
+    return CommentedMap()
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``text``: a killed process leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
