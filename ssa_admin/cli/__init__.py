@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import cert as _cert
+from . import report as _report
 from . import status as _status
 
 app = typer.Typer(
@@ -13,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 app.command("status")(_status.status)
+app.command("report")(_report.report)
 app.add_typer(_cert.app, name="cert")
 
 
