@@ -10,11 +10,11 @@ that the process is still the same one (see :meth:`PeerIdentity.still_alive`).
 from __future__ import annotations
 
 import os
-import pwd
 import select
 import socket
 import struct
 
+from ..config.program import read_exe_comm, read_unit, user_name
 from ..policy.match import Program
 
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
@@ -41,7 +41,7 @@ class PeerIdentity:
 
     def _load(self) -> tuple[str | None, str | None]:
         if self._proc is None:
-            exe, comm = _read_proc(self.pid)
+            exe, comm = read_exe_comm(self.pid)
             if self.pidfd is not None and _exited(self.pidfd):
                 exe = comm = None  # the pid may belong to another process now
             self._proc = (exe, comm)
@@ -67,9 +67,9 @@ class PeerIdentity:
     def program_info(self) -> Program:
         """Everything profile matching looks at (reads /proc once more for the unit)."""
         exe, comm = self._load()
-        unit = None if exe is None and comm is None else _read_unit(self.pid)
+        unit = None if exe is None and comm is None else read_unit(self.pid)
         return Program(pid=self.pid, exe=exe, comm=comm, uid=self.uid,
-                       user=_user_name(self.uid), unit=unit)
+                       user=user_name(self.uid), unit=unit)
 
     def dup(self) -> PeerIdentity:
         """The same identity for an accepted socket: the pidfd is shared, not copied.
@@ -104,48 +104,6 @@ def _exited(pidfd: int) -> bool:
         return bool(poller.poll(0))
     except OSError:
         return False
-
-
-def _read_proc(pid: int) -> tuple[str | None, str | None]:
-    exe = comm = None
-    try:
-        exe = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        pass
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-            comm = f.read().strip() or None
-    except OSError:
-        pass
-    return exe, comm
-
-
-def _user_name(uid: int) -> str | None:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
-
-
-def _read_unit(pid: int) -> str | None:
-    """The systemd unit of ``pid``: the deepest ``.service`` or ``.scope`` in its cgroup.
-
-    ``0::/system.slice/nginx.service`` -> ``nginx.service``; user services
-    (``.../user@1000.service/app.slice/foo.service``) give their own unit.
-    """
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    # cgroup v2 ("0::/path"), else the v1 systemd hierarchy ("N:name=systemd:/path")
-    paths = [line.split(":", 2)[2] for line in lines if line.startswith("0::")]
-    paths += [line.split(":", 2)[2] for line in lines if ":name=systemd:" in line]
-    for path in paths:
-        units = [p for p in path.split("/") if p.endswith((".service", ".scope"))]
-        if units:
-            return units[-1]
-    return None
 
 
 def peer_identity(sock: socket.socket) -> PeerIdentity:
