@@ -62,6 +62,9 @@ class EngineProcess:
         except TimeoutError:
             self.stop()
             raise RuntimeError("engine did not start:\n" + self.log.read_text()) from None
+        except BaseException:
+            self.stop()
+            raise
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:

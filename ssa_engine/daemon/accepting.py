@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import socket
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from OpenSSL import SSL
@@ -22,6 +23,7 @@ from ..protocol import (
 )
 from ..protocol.states import Request, SocketState
 from ..store import StoreError
+from .auditing import connection_record
 from .listener import Listener
 from .options import ApiError, SocketOptions, Unexpected, apply_tcp_option, socket_ids
 from .relay import Relay
@@ -129,8 +131,9 @@ class ServerSide:
             cfg = ServerConfig(
                 settings=o.settings(),
                 credentials=o.all_credentials() or self._store_credentials(o.policy),
-                client_auth=o.peer_auth,
+                client_auth=o.effective_peer_auth(),
                 client_trust=tuple(o.extra_trust),
+                client_trust_store=o.policy.client_ca,
                 alpn=o.alpn,
                 only_name=o.server_name,
             )
@@ -138,10 +141,13 @@ class ServerSide:
                 raise ApiError(errno.EPROTO, "a TLS listener needs a certificate: set "
                                "TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY before listen(), or "
                                f"list certificates for this program in the {o.policy.source}")
-            if cfg.client_auth and not cfg.client_trust:
+            if cfg.client_auth and not cfg.client_trust and not cfg.client_trust_store:
                 raise ApiError(errno.EPROTO, "TLS_REQUEST_PEER_AUTH needs the client CA: set "
-                               "TLS_TRUSTED_PEER_CERTIFICATES")
+                               "TLS_TRUSTED_PEER_CERTIFICATES, or server.client_ca in the "
+                               f"{o.policy.source}")
             contexts = ServerContexts(cfg)
+            self.server_cfg = cfg
+            self.certs_from_store = not o.all_credentials()
         except (SSL.Error, ValueError) as exc:
             raise ApiError(errno.EPROTO, f"cannot build the server TLS context: {exc}") from None
         if self.bound is None:
@@ -159,6 +165,22 @@ class ServerSide:
         self.listener.start()
         log.info("%s: listening on %s", self._who(), self.listener.address())
 
+    def refresh_certificates(self) -> None:
+        """The store changed: serve its current versions from the next handshake on."""
+        o = self.options
+        if self.listener is None or o is None or not self.certs_from_store:
+            return
+        assert self.server_cfg is not None
+        try:
+            cfg = replace(self.server_cfg, credentials=self._store_credentials(o.policy))
+            self.listener.contexts = ServerContexts(cfg)
+        except (ApiError, SSL.Error, ValueError) as exc:
+            log.error("%s: keeping the certificates in use: %s", self._who(),
+                      getattr(exc, "message", exc))
+            return
+        self.server_cfg = cfg
+        log.info("%s: serving the store's current certificates", self._who())
+
     def _store_credentials(self, policy: Policy) -> tuple[Credentials, ...]:
         """The administrator's certificates for this program, from the store."""
         found = []
@@ -172,6 +194,20 @@ class ServerSide:
                                f"the {policy.source}: {exc}") from None
         return tuple(found)
 
+    def audit_accept(self, conn: SSL.Connection | None, local: object, remote: object,
+                     sni: str | None, error: str | None = None) -> None:
+        """Record one server-side handshake (verified, or refused with ``error``)."""
+        o = self.options
+        if self.engine.audit_log is None or o is None:
+            return
+        if error is not None:
+            verify = "failed" if "certificate" in error else "none"
+        else:
+            verify = "ok" if conn is not None and conn.get_peer_certificate() is not None else "none"
+        self.engine.audit(o.policy, connection_record(
+            "accept", self.peer, o.policy.profile, conn=conn if error is None else None,
+            local=local, remote=remote, sni=sni, verify=verify, error=error))
+
     def _offer(self, conn: SSL.Connection, tcp: socket.socket, sni: str | None) -> None:
         """A verified connection: hand it to the application's accept()."""
         assert self.listener is not None and self.options is not None
@@ -182,6 +218,7 @@ class ServerSide:
             log.info("%s: a client left right after its handshake", self._who())
             tcp.close()
             return
+        self.audit_accept(conn, local, peer, sni)
         data_engine, data_app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             ctl_engine, ctl_app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -17,7 +17,9 @@ from ..protocol import (
     ConnectFailed,
 )
 from ..protocol.states import Request, SocketState
+from ..store.pins import chain_pins
 from . import fastio
+from .auditing import connection_record
 from .listener import handshake
 from .options import ApiError, Unexpected, apply_tcp_option
 from .relay import Relay
@@ -86,6 +88,7 @@ class ClientSide:
                  self.conn.get_protocol_version_name(), self.conn.get_cipher_name())
         self.send(Connected(local_host=local[0], local_port=local[1],
                             peer_host=peer[0], peer_port=peer[1]))
+        self._audit_connect(local=local, remote=peer)
         # the reply is queued first: once the filler is gone and the application's
         # descriptor turns writable, the result is already there to read.
         _drain_filler(data, m.filler)
@@ -93,8 +96,25 @@ class ClientSide:
                            self._on_relay_finished)
         self.relay.start()
 
+    def _audit_connect(self, *, local: object = None, remote: object = None,
+                       verify: str = "ok", error: str | None = None) -> None:
+        o = self.options
+        if self.engine.audit_log is None or o is None:
+            return
+        if remote is None and self.tcp is not None:
+            try:
+                remote = self.tcp.getpeername()
+                local = self.tcp.getsockname()
+            except OSError:
+                pass
+        self.engine.audit(o.policy, connection_record(
+            "connect", self.peer, o.policy.profile, conn=self.conn, local=local,
+            remote=remote if remote is not None else self.remote, sni=self.sent_sni,
+            verify=verify, error=error))
+
     def _connect_failed(self, code: int, message: str, data: socket.socket, filler: int) -> None:
         log.info("%s: connect to %s failed: %s", self._who(), self.remote, message)
+        self._audit_connect(verify="failed" if self.conn is not None else "none", error=message)
         self.state = SocketState.BROKEN
         self.last_error = message
         if self.tcp is not None:
@@ -141,6 +161,7 @@ class ClientSide:
         conn.set_connect_state()
         if verify_ip is None:
             conn.set_tlsext_host_name(verify_name.encode("ascii"))
+            self.sent_sni = verify_name
         fastio.set_verify_host(conn, verify_name, verify_ip)
         if o.alpn:
             conn.set_alpn_protos(list(o.alpn))
@@ -156,6 +177,9 @@ class ClientSide:
         code, text = fastio.verify_result(conn)
         if code != 0:  # defence in depth: VERIFY_PEER already enforces this
             raise ApiError(errno.EPROTO, f"certificate verification failed: {text}")
+        pins = policy.pins_for(verify_name)
+        if pins:
+            check_pins(conn, verify_name, pins, policy.source)
 
     async def _tcp_connect(self, host: str, port: int, timeout: float) -> socket.socket:
         literal = ip_literal(host)
@@ -203,6 +227,15 @@ class ClientSide:
         code = last.errno or errno.ECONNREFUSED
         raise ApiError(code, f"cannot connect to {host} port {port}: "
                        f"{last.strerror or os.strerror(code)}")
+
+
+def check_pins(conn: SSL.Connection, host: str, pins: frozenset[str], source: str) -> None:
+    """The verified chain must contain a pinned key (RFC 7469 section 2.6), or EPROTO."""
+    chain = conn.get_verified_chain() or []
+    found = chain_pins([c.to_cryptography() for c in chain])
+    if pins.isdisjoint(found):
+        raise ApiError(errno.EPROTO, f"pin mismatch for {host}: the {source} pins "
+                       f"{', '.join(sorted(pins))}; the server's chain has {', '.join(found)}")
 
 
 def _drain_filler(data: socket.socket, count: int) -> None:

@@ -146,3 +146,24 @@ def peer_subject_oneline(conn: SSL.Connection) -> str:
     if cert is None:
         return ""
     return oneline(lib.X509_get_subject_name(cert._x509))  # noqa: SLF001
+
+
+def group_name(conn: SSL.Connection) -> str | None:
+    """The key-exchange group of the handshake (OpenSSL 3.2+), None if unknown."""
+    if not getattr(lib, "Cryptography_HAS_SSL_GET0_GROUP_NAME", 0):
+        return None
+    name = lib.SSL_get0_group_name(conn._ssl)  # noqa: SLF001
+    return None if name == ffi.NULL else ffi.string(name).decode("ascii", "replace")
+
+
+def session_reused(conn: SSL.Connection) -> bool:
+    return bool(lib.SSL_session_reused(conn._ssl))  # noqa: SLF001
+
+
+def set_sigalgs(ctx: SSL.Context, sigalgs: tuple[str, ...]) -> None:
+    """Limit the signature algorithms offered and accepted (the level's list)."""
+    if not sigalgs:
+        return
+    if lib.SSL_CTX_set1_sigalgs_list(ctx._context, ":".join(sigalgs).encode()) != 1:  # noqa: SLF001
+        lib.ERR_clear_error()
+        raise ValueError(f"OpenSSL refuses the signature algorithms {':'.join(sigalgs)}")

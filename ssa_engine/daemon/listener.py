@@ -292,6 +292,12 @@ class _Handshake:
         listener.refused += 1
         log.info("listener %s: refused %s port %s: %s", listener.address(), self.addr[0],
                  self.addr[1], reason)
+        if listener.session.engine.audit_log is not None:
+            try:
+                local = self.tcp.getsockname()
+            except OSError:
+                local = None
+            listener.session.audit_accept(None, local, self.addr, None, error=reason)
         self.abandon()
 
     def abandon(self) -> None:

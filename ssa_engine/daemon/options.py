@@ -23,6 +23,7 @@ from ..policy import (
     check_version,
     effective,
 )
+from ..policy.model import CLIENT_AUTH
 from ..protocol import FrameError
 from ..protocol import options as opt
 from ..protocol.options import TLSOption
@@ -81,6 +82,7 @@ class SocketOptions:
     server_name: str | None = None
     #: TLS_REQUEST_PEER_AUTH: 0 off, 1 require, 2 request
     peer_auth: int = 0
+    peer_auth_set: bool = False
     app: AppRequests = field(default_factory=AppRequests)
     tcp: dict[tuple[int, int], int | bytes] = field(default_factory=dict)
 
@@ -121,7 +123,13 @@ class SocketOptions:
             if mode not in (0, 1, 2):
                 raise ApiError(errno.EINVAL, "TLS_REQUEST_PEER_AUTH: 0 (off), 1 (require) or "
                                "2 (request)")
+            least = self.policy.client_auth
+            if (_AUTH_STRENGTH[mode] < CLIENT_AUTH.index(least)
+                    and "client_auth" not in self.policy.app_overrides):
+                raise ApiError(errno.EPROTO, f"TLS_REQUEST_PEER_AUTH {mode}: the {self.policy.source} "
+                               f"sets client_auth {least}, and the application may not ask for less")
             self.peer_auth = mode
+            self.peer_auth_set = True
         elif name is TLSOption.ALPN:
             self.alpn = parse_alpn(_text(value, name))
         elif name in (TLSOption.VERSION_MIN, TLSOption.VERSION_MAX):
@@ -168,6 +176,12 @@ class SocketOptions:
         return number
 
     # -- reading ------------------------------------------------------------------
+    def effective_peer_auth(self) -> int:
+        """What a listener asks of clients: the application's choice, else the policy's."""
+        if self.peer_auth_set:
+            return self.peer_auth
+        return {"none": 0, "request": 2, "require": 1}[self.policy.client_auth]
+
     def settings(self) -> TLSSettings:
         return effective(self.policy, self.app)
 
@@ -180,6 +194,10 @@ class SocketOptions:
         if len(self.chains) > len(self.keys):
             raise ApiError(errno.EPROTO, "TLS_CERTIFICATE_CHAIN set without TLS_PRIVATE_KEY")
         return tuple(make_credentials(c, k) for c, k in zip(self.chains, self.keys, strict=True))
+
+
+#: TLS_REQUEST_PEER_AUTH value -> index in CLIENT_AUTH (none, request, require)
+_AUTH_STRENGTH = {0: 0, 2: 1, 1: 2}
 
 
 def parse_alpn(text: str) -> tuple[bytes, ...]:

@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 from .. import __version__, paths
-from ..config import ConfigErrors, Selection
+from ..config import Config, ConfigErrors, Selection
 from ..policy import DEFAULT_POLICY, Policy
 from ..store import Store
 from . import fastio
+from .audit import AuditLog
 from .identity import PeerIdentity, peer_identity
 from .reload import Configuration
 from .session import Session
@@ -50,6 +51,10 @@ class Engine:
             raise EngineError("the configuration is invalid; fix it and start again:\n"
                               + "\n".join(f"  {e}" for e in exc.errors)) from None
         self.store = Store(state)
+        self.audit_log: AuditLog | None = None
+        self._configure_audit(self.config.current)
+        self.config.on_config.append(self._configure_audit)
+        self.config.on_store.append(self._store_changed)
         self.contexts = ContextCache()
         self.sessions: set[Session] = set()
         self.sockets = 0
@@ -62,6 +67,29 @@ class Engine:
         self._listener: socket.socket | None = None
         self._lock_fd: int | None = None
         self._stopped: asyncio.Event | None = None
+
+    def _configure_audit(self, config: Config) -> None:
+        wanted = config.audit_log
+        current = self.audit_log
+        if current is not None and wanted.path is not None and (
+                str(current.path), current.max_bytes, current.backups) == (
+                wanted.path, wanted.max_bytes, wanted.backups):
+            return
+        if current is not None:
+            current.close()
+        self.audit_log = (AuditLog(Path(wanted.path), wanted.max_bytes, wanted.backups)
+                          if wanted.path else None)
+        if self.audit_log is not None:
+            log.info("audit log: %s", wanted.path)
+
+    def _store_changed(self) -> None:
+        for session in list(self.sessions):
+            if session.listener is not None:
+                session.refresh_certificates()
+
+    def audit(self, policy: Policy, record: dict[str, object]) -> None:
+        if self.audit_log is not None and policy.audit:
+            self.audit_log.write(record)
 
     @property
     def policy(self) -> Policy:
@@ -231,6 +259,8 @@ class Engine:
 
     def close(self) -> None:
         self.config.stop()
+        if self.audit_log is not None:
+            self.audit_log.close()
         if self._listener is not None:
             self.loop.remove_reader(self._listener.fileno())
             self._listener.close()

@@ -117,6 +117,7 @@ class ServerContexts:
             ctx.set_cipher_list(f"DEFAULT:@SECLEVEL={s.seclevel}".encode())
         ctx.set_tls13_ciphersuites(":".join(s.ciphersuites).encode())
         fastio.set_groups(ctx, s.groups)
+        fastio.set_sigalgs(ctx, s.sigalgs)
         ctx.set_session_id(b"ssa-engine")
         if cfg.client_auth:
             mode = SSL.VERIFY_PEER

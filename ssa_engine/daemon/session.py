@@ -55,6 +55,7 @@ from .identity import PeerIdentity
 from .listener import Listener
 from .options import ApiError, SocketOptions, Unexpected, apply_tcp_option, socket_ids
 from .relay import Relay
+from .servertls import ServerConfig
 
 if TYPE_CHECKING:
     from .server import Engine
@@ -92,7 +93,10 @@ class Session(ClientSide, ServerSide):
         self.role = "client"  # "client", "listener" or "server" (an accepted socket)
         self.listener: Listener | None = None
         self.bound: socket.socket | None = None  # the outside listening socket
-        self.sni: str | None = None
+        self.sni: str | None = None  # accepted sockets: the SNI the client sent
+        self.sent_sni: str | None = None  # client sockets: the SNI we sent
+        self.server_cfg: ServerConfig | None = None  # listeners: what their contexts use
+        self.certs_from_store = False  # listeners serving the administrator's certificates
         self.pha_timer: asyncio.TimerHandle | None = None
         self.pha_read_finished = False
         self.hello_done = False

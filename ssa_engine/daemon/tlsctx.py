@@ -138,6 +138,7 @@ def build_client_context(cfg: ClientConfig) -> SSL.Context:
         raise CredentialError("no TLS 1.3 cipher suite left after TLS_DISABLE_CIPHER")
     ctx.set_tls13_ciphersuites(":".join(s.ciphersuites).encode())
     fastio.set_groups(ctx, s.groups)
+    fastio.set_sigalgs(ctx, s.sigalgs)
     ctx.set_verify(SSL.VERIFY_PEER)
     ctx.set_verify_depth(cfg.verify_depth)
     if cfg.trust_store:
