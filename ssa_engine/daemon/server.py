@@ -123,7 +123,24 @@ class Engine:
             "connections_total": self.connected,
             "bytes_relayed_total": self.bytes_relayed,
             "cached_contexts": len(self.contexts),
+            "programs": self._programs(live),
         }
+
+    def _programs(self, live: list[Session], limit: int = 100) -> list[dict[str, object]]:
+        """Live sockets per process, busiest first (at most ``limit`` processes)."""
+        table: dict[int, dict[str, object]] = {}
+        for s in live:
+            row = table.setdefault(s.peer.pid, {
+                "program": s.peer.program, "pid": s.peer.pid, "uid": s.peer.uid,
+                "profile": (s.options.policy.profile if s.options else None) or "default",
+                "sockets": 0, "connected": 0, "listeners": 0})
+            row["sockets"] += 1  # type: ignore[operator]
+            if s.relay is not None and not s.relay.finished:
+                row["connected"] += 1  # type: ignore[operator]
+            if s.listener is not None:
+                row["listeners"] += 1  # type: ignore[operator]
+        rows = sorted(table.values(), key=lambda r: -r["sockets"])  # type: ignore[operator]
+        return rows[:limit]
 
     # -- start ----------------------------------------------------------------
     def _prepare_directory(self) -> None:
