@@ -235,7 +235,7 @@ def test_audit_log_records_successes_and_failures(pki, ssl_server, engine_factor
     config = _config(tmp_path, main=f"""
         audit:
           path: {log_path}
-    """, quiet=f"""
+    """, quiet="""
         match:
           name: ssa-quiet
         audit: false
@@ -259,3 +259,73 @@ def test_audit_log_records_successes_and_failures(pki, ssl_server, engine_factor
     assert ok["remote"] == f"127.0.0.1:{good.port}"
     assert failed["verify"] == "failed" and "does not match the host name" in failed["error"]
     assert oct(log_path.stat().st_mode & 0o777) == oct(0o640)
+
+
+# -- server certificates from the profile, renewed under a live listener ----------------------
+def _import(state: Path, name: str, pair) -> None:  # type: ignore[no-untyped-def]
+    res = subprocess.run([sys.executable, "-m", "ssa_admin", "cert", "import", name, "--cert",
+                          str(pair.cert), "--key", str(pair.key)], capture_output=True, text=True,
+                         timeout=60, env=dict(os.environ, SSA_STATE_DIR=str(state)))
+    assert res.returncode == 0, res.stderr
+
+
+def _served_serial(pki, port: int, sni: str) -> int:  # type: ignore[no-untyped-def]
+    ctx = ssl.create_default_context(cafile=str(pki.ca.pem))
+    import socket as stdlib_socket
+
+    with stdlib_socket.create_connection(("127.0.0.1", port), timeout=20) as raw, \
+            ctx.wrap_socket(raw, server_hostname=sni) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_profile_certificates_and_renewal_under_a_live_listener(
+        pki, engine_factory, monkeypatch, tmp_path) -> None:
+    import threading
+
+    first = pki.ca.issue("shop-1", ["shop.example"])
+    second = pki.ca.issue("shop-2", ["shop.example"])
+    other = pki.ca.issue("blog", ["blog.example"])
+    state = tmp_path / "state"
+    _import(state, "shop", first)
+    _import(state, "blog", other)
+    config = _config(tmp_path, shop=f"""
+        match:
+          path: {EXE}
+        server:
+          certificates: [blog, shop]
+    """)
+    eng = engine_factory("--config-dir", str(config), "--state-dir", str(state))
+    monkeypatch.setenv("SSA_ENGINE_SOCKET", str(eng.socket))
+    lst = ssa_engine.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen()  # no certificate of its own: the profile's are served
+    port = lst.getsockname()[1]
+    accepted: list[ssa_engine.TLSSocket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = lst.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        first_serial = x509.load_pem_x509_certificate(first.cert.read_bytes()).serial_number
+        blog_serial = x509.load_pem_x509_certificate(other.cert.read_bytes()).serial_number
+        assert _served_serial(pki, port, "shop.example") == first_serial
+        assert _served_serial(pki, port, "blog.example") == blog_serial
+        _import(state, "shop", second)  # a renewal lands in the store
+        wait_for(lambda: "serving the store's current certificates" in eng.log.read_text(),
+                 15, "the store watcher")
+        second_serial = x509.load_pem_x509_certificate(second.cert.read_bytes()).serial_number
+        assert _served_serial(pki, port, "shop.example") == second_serial
+    finally:
+        lst.close()
+        t.join(10)
+        for conn in accepted:
+            conn.close()
