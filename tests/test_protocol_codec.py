@@ -38,6 +38,7 @@ from ssa_engine.protocol import (
     Message,
     MessageType,
     Ok,
+    AcmeChallenge,
     ReloadRequest,
     SetSockOpt,
     SocketRequest,
@@ -74,6 +75,7 @@ SAMPLES: list[Message] = [
     Listen(backlog=4096),
     StatusRequest(),
     ReloadRequest(),
+    AcmeChallenge(host="example.com", port=443, value=b"PEM"),
     HelloOk(version=1, software="ssa-engine 0.1.0"),
     Ok(value=b"\x00\xff", int_value=2**63 - 1, socket_id=2**64 - 1),
     Error(errno=errno.EPROTO, message="certificate verify failed: ünïcode ✓"),
@@ -467,7 +469,8 @@ def test_message_type_ranges() -> None:
     # 48+ events and admin replies
     requests = {MessageType.HELLO, MessageType.SOCKET, MessageType.SETSOCKOPT,
                 MessageType.GETSOCKOPT, MessageType.CONNECT, MessageType.BIND,
-                MessageType.LISTEN, MessageType.STATUS, MessageType.RELOAD}
+                MessageType.LISTEN, MessageType.STATUS, MessageType.RELOAD,
+                MessageType.ACME_CHALLENGE}
     assert {t for t in MessageType if t < 32} == requests
     assert {t for t in MessageType if 32 <= t < 48} == {
         MessageType.HELLO_OK, MessageType.OK, MessageType.ERROR, MessageType.CONNECTED,
@@ -760,7 +763,7 @@ def test_max_string_is_one_constant_everywhere() -> None:
 
 
 def test_unknown_message_type() -> None:
-    for msg_type in (0, 8, 15, 18, 31, 39, 47, 50, 0xFFFF):
+    for msg_type in (0, 8, 15, 19, 31, 39, 47, 50, 0xFFFF):
         with pytest.raises(UnknownMessage):
             decode_one(frame(msg_type))
         with pytest.raises(UnknownMessage):

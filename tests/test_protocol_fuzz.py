@@ -270,7 +270,7 @@ def _with_field(cls: type[Message], tag: FieldTag, raw: bytes) -> bytes:
             value = raw
         elif f.default is not dataclasses.MISSING:
             continue
-        elif FIELD_KINDS[ftag] is FieldKind.STR:
+        elif FIELD_KINDS[ftag] in (FieldKind.STR, FieldKind.BYTES):
             value = b"x"
         else:
             size = {FieldKind.U16: 2, FieldKind.U32: 4, FieldKind.U64: 8}[FIELD_KINDS[ftag]]

@@ -9,12 +9,13 @@ import socket
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from OpenSSL._util import lib
 
 from ..policy import Policy
 from ..protocol import (
     Accepted,
+    AcmeChallenge,
     Bind,
     Bound,
     Error,
@@ -27,7 +28,7 @@ from .auditing import connection_record
 from .listener import Listener
 from .options import ApiError, SocketOptions, Unexpected, apply_tcp_option, socket_ids
 from .relay import Relay
-from .servertls import ServerConfig, ServerContexts
+from .servertls import ACME_TLS_1, ServerConfig, ServerContexts
 from .tlsctx import (
     CredentialError,
     Credentials,
@@ -46,6 +47,8 @@ _CB_ACCEPT_LOOP = 0x2001  # SSL_CB_ACCEPT_LOOP (ssl.h)
 _CB_ACCEPT_EXIT = 0x2002  # SSL_CB_ACCEPT_EXIT
 #: bytes of buffer each direction of an accepted socket's plaintext pair gets
 _PAIR_BUFFER = 1024 * 1024
+#: Security parameter: seconds a tls-alpn-01 challenge is answered if nobody removes it.
+ACME_CHALLENGE_LIFETIME = 900.0
 
 
 def _unprivileged_port_start() -> int:
@@ -165,6 +168,42 @@ class ServerSide:
         self.listener.start()
         log.info("%s: listening on %s", self._who(), self.listener.address())
 
+    # -- ACME tls-alpn-01 through a live listener ------------------------------------
+    def _on_acme_challenge(self, m: AcmeChallenge) -> None:
+        if self.peer.uid not in (0, os.geteuid()):
+            raise ApiError(errno.EACCES, "ACME challenges are only for root and the engine's user")
+        listeners = [s for s in self.engine.sessions
+                     if s.listener is not None and s.listener.port == m.port]
+        if not listeners:
+            raise ApiError(errno.ENOENT, f"no TLS listener on port {m.port}")
+        table = self.engine.acme_challenges.setdefault(m.port, {})
+        host = m.host.lower().rstrip(".")
+        if not m.value:
+            table.pop(host, None)
+            self.send(Ok())
+            return
+        try:
+            ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+            ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+            chain = parse_certificates(m.value, "the challenge certificate")
+            ctx.use_certificate(crypto.X509.from_cryptography(chain[0]))
+            ctx.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM,
+                                                      parse_private_key(m.value)))
+            ctx.check_privatekey()
+        except (CredentialError, SSL.Error, ValueError) as exc:
+            raise ApiError(errno.EINVAL, f"ACME challenge certificate: {exc}") from None
+        table[host] = (ctx, self.loop.time() + ACME_CHALLENGE_LIFETIME)
+        for s in listeners:
+            s.apply_acme()
+        log.info("%s: answering tls-alpn-01 for %s on port %d", self._who(), host, m.port)
+        self.send(Ok())
+
+    def apply_acme(self) -> None:
+        assert self.listener is not None
+        table = self.engine.acme_challenges.get(self.listener.port)
+        if table:
+            self.listener.contexts.enable_acme(table, self.loop.time)
+
     def refresh_certificates(self) -> None:
         """The store changed: serve its current versions from the next handshake on."""
         o = self.options
@@ -174,6 +213,7 @@ class ServerSide:
         try:
             cfg = replace(self.server_cfg, credentials=self._store_credentials(o.policy))
             self.listener.contexts = ServerContexts(cfg)
+            self.apply_acme()
         except (ApiError, SSL.Error, ValueError) as exc:
             log.error("%s: keeping the certificates in use: %s", self._who(),
                       getattr(exc, "message", exc))
@@ -211,6 +251,11 @@ class ServerSide:
     def _offer(self, conn: SSL.Connection, tcp: socket.socket, sni: str | None) -> None:
         """A verified connection: hand it to the application's accept()."""
         assert self.listener is not None and self.options is not None
+        if conn.get_alpn_proto_negotiated() == ACME_TLS_1:
+            # a CA's tls-alpn-01 validation: it only needed the handshake (RFC 8737 section 3)
+            log.info("%s: answered an ACME tls-alpn-01 validation", self._who())
+            tcp.close()
+            return
         try:
             local = tcp.getsockname()
             peer = tcp.getpeername()

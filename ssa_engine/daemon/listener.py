@@ -59,6 +59,7 @@ class Listener:
         self.session = session
         self.loop = session.loop
         self.tcp = tcp
+        self.port: int = tcp.getsockname()[1]
         self.notify = notify
         self.contexts = contexts
         self.backlog = max(1, min(backlog, 65535))

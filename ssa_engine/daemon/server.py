@@ -52,6 +52,8 @@ class Engine:
                               + "\n".join(f"  {e}" for e in exc.errors)) from None
         self.store = Store(state)
         self.audit_log: AuditLog | None = None
+        #: ACME tls-alpn-01 challenges answered by listeners: port -> identifier -> (ctx, expiry)
+        self.acme_challenges: dict[int, dict[str, tuple[object, float]]] = {}
         self._configure_audit(self.config.current)
         self.config.on_config.append(self._configure_audit)
         self.config.on_store.append(self._store_changed)
@@ -117,6 +119,7 @@ class Engine:
             "socket": str(self.socket_path),
             **self.config.status(),
             "listeners": sum(1 for s in live if s.listener is not None),
+            "listening_ports": sorted({s.listener.port for s in live if s.listener is not None}),
             "sockets": len(live),
             "connected": sum(1 for s in live if s.relay is not None and not s.relay.finished),
             "sockets_created_total": self.sockets,

@@ -31,6 +31,9 @@ log = logging.getLogger("ssa.server")
 _PROTO = {0x0303: SSL.TLS1_2_VERSION, 0x0304: SSL.TLS1_3_VERSION}
 _TLSEXT_ERR_OK = 0
 _TLSEXT_ERR_ALERT_FATAL = 2  # OpenSSL sends the alert preset for SNI: unrecognized_name
+_TLSEXT_ERR_NOACK = 3  # continue without ALPN
+#: RFC 8737: the ALPN protocol of ACME tls-alpn-01 validation
+ACME_TLS_1 = b"acme-tls/1"
 
 
 def certificate_names(cert: x509.Certificate) -> list[str]:
@@ -83,7 +86,10 @@ class ServerContexts:
         # ALPN: our own callback, because a listener with no protocol in
         # common must end the handshake with no_application_protocol (RFC 7301
         # section 3.2) instead of continuing without ALPN
-        self._alpn_wire = {p: ffi.new("unsigned char[]", p) for p in cfg.alpn}
+        self._alpn_wire = {p: ffi.new("unsigned char[]", p) for p in (*cfg.alpn, ACME_TLS_1)}
+        #: identifier -> (challenge context, expiry on the loop clock), shared per port
+        self.acme: dict[str, tuple[SSL.Context, float]] = {}
+        self.clock: Any = None
         self._alpn_callback = ffi.callback(
             "int (*)(SSL *, const unsigned char **, unsigned char *, "
             "const unsigned char *, unsigned int, void *)", self._on_alpn)
@@ -138,6 +144,25 @@ class ServerContexts:
             lib.SSL_CTX_set_alpn_select_cb(ctx._context, self._alpn_callback, ffi.NULL)  # noqa: SLF001
         return ctx
 
+    def enable_acme(self, table: dict[str, tuple[SSL.Context, float]], clock: Any) -> None:
+        """Answer ``acme-tls/1`` handshakes for the identifiers in ``table`` (RFC 8737)."""
+        self.acme = table
+        self.clock = clock
+        if not self.cfg.alpn:  # otherwise the callback is installed already
+            for g in self.groups:
+                lib.SSL_CTX_set_alpn_select_cb(g.ctx._context, self._alpn_callback,  # noqa: SLF001
+                                               ffi.NULL)
+
+    def _acme_context(self, ssl: object) -> SSL.Context | None:
+        raw = lib.SSL_get_servername(ssl, lib.TLSEXT_NAMETYPE_host_name)
+        if raw == ffi.NULL:
+            return None
+        name = ffi.string(raw).decode("ascii", "replace").lower().rstrip(".")
+        entry = self.acme.get(name)
+        if entry is None or entry[1] < self.clock():
+            return None
+        return entry[0]
+
     def choose(self, sni: str | None) -> SSL.Context | None:
         """The context for this SNI; None means refuse (unrecognized_name)."""
         only = self.cfg.only_name
@@ -165,6 +190,15 @@ class ServerContexts:
                 n = raw[i]
                 offered.append(raw[i + 1 : i + 1 + n])
                 i += 1 + n
+            if self.acme and ACME_TLS_1 in offered:
+                challenge = self._acme_context(ssl)
+                if challenge is not None:  # a CA validating: serve the challenge certificate
+                    lib.SSL_set_SSL_CTX(ssl, challenge._context)  # noqa: SLF001
+                    out[0] = self._alpn_wire[ACME_TLS_1]
+                    outlen[0] = len(ACME_TLS_1)
+                    return _TLSEXT_ERR_OK
+            if not self.cfg.alpn:
+                return _TLSEXT_ERR_NOACK
             for proto in self.cfg.alpn:  # the server's order of preference
                 if proto in offered:
                     out[0] = self._alpn_wire[proto]

@@ -25,6 +25,7 @@ from .. import __version__
 from ..protocol import (
     PROTOCOL_VERSION,
     REQUEST_TYPES,
+    AcmeChallenge,
     Bind,
     Closed,
     Connect,
@@ -236,6 +237,8 @@ class Session(ClientSide, ServerSide):
                 self._on_status()
             elif isinstance(message, ReloadRequest):
                 self._on_reload()
+            elif isinstance(message, AcmeChallenge):
+                self._on_acme_challenge(message)
             elif self.state is None:
                 if isinstance(message, Listen) and self.fds:
                     os.close(self.fds.popleft())  # its descriptor is not taken

@@ -22,6 +22,7 @@ from .messages import (
     PROTOCOL_VERSION,
     REQUEST_TYPES,
     Accepted,
+    AcmeChallenge,
     Bind,
     Bound,
     Closed,
@@ -51,5 +52,5 @@ __all__ = [
     "VersionMismatch", "MIN_PROTOCOL_VERSION", "PROTOCOL_VERSION", "Closed", "Connect",
     "ConnectFailed", "Connected", "Error", "GetSockOpt", "Hello", "HelloOk", "Message",
     "MessageType", "Ok",
-    "SetSockOpt", "SocketRequest", "ReloadRequest", "StatusReply", "StatusRequest",
+    "SetSockOpt", "SocketRequest", "ReloadRequest", "AcmeChallenge", "StatusReply", "StatusRequest",
 ]

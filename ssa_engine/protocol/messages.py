@@ -32,6 +32,7 @@ class MessageType(enum.IntEnum):
     LISTEN = 7  #: app -> engine: start listening; carries the notification fd
     STATUS = 16  #: app -> engine: admin query (root or the engine's user only)
     RELOAD = 17  #: app -> engine: reload the configuration (root or the engine's user only)
+    ACME_CHALLENGE = 18  #: app -> engine: answer tls-alpn-01 on a listener (admin only)
     HELLO_OK = 32  #: engine -> app: version chosen
     OK = 33  #: engine -> app: request succeeded, optional value
     ERROR = 34  #: engine -> app: request failed with an errno and a message
@@ -165,7 +166,7 @@ MESSAGE_TYPES: dict[int, type[Any]] = {}
 REQUEST_TYPES = frozenset(
     {MessageType.HELLO, MessageType.SOCKET, MessageType.SETSOCKOPT, MessageType.GETSOCKOPT,
      MessageType.CONNECT, MessageType.BIND, MessageType.LISTEN, MessageType.STATUS,
-     MessageType.RELOAD}
+     MessageType.RELOAD, MessageType.ACME_CHALLENGE}
 )
 
 
@@ -280,6 +281,15 @@ class StatusRequest(Message):
 @dataclass(frozen=True, slots=True)
 class ReloadRequest(Message):
     TYPE = MessageType.RELOAD
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class AcmeChallenge(Message):
+    TYPE = MessageType.ACME_CHALLENGE
+    value: bytes = _f(FieldTag.VALUE)  # certificate + key PEM; empty = stop answering
+    host: str = _f(FieldTag.HOST)
+    port: int = _f(FieldTag.PORT)
 
 
 @_register
