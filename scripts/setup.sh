@@ -32,3 +32,4 @@ if [ ! -x .tools/sslyze/bin/sslyze ]; then
     "$PYTHON" -m venv .tools/sslyze
     .tools/sslyze/bin/pip install --quiet --disable-pip-version-check sslyze
 fi
+bash scripts/get-pebble.sh  # Pebble and pebble-challtestsrv, a real ACME server for the tests

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from .acme_server import pebble, pebble_eab  # noqa: F401
 from .pki import PKI, make_pki
 
 REPO = Path(__file__).resolve().parent.parent
