@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,10 +84,17 @@ def read_document(path: Path, *, profile: bool) -> tuple[Document, object]:
     return parse_document(tree, str(path), yamlio.locator(tree), profile=profile), tree
 
 
-def check_policy(policy: Policy, tree: object, file: str) -> list[ConfigError]:
-    """Conflicting settings in a merged policy, located in the file that made it."""
+def check_policy(policy: Policy, tree: object, file: str,
+                 inherited: Collection[tuple[str, str]] = ()) -> list[ConfigError]:
+    """Conflicting settings in a merged policy, located in the file that made it.
+
+    ``inherited`` conflicts are already reported against the file below (ssa.yaml)
+    and are not repeated for every profile.
+    """
     errors = []
     for key_path, message in conflicts(policy):
+        if (key_path, message) in inherited:
+            continue
         where = _locate_in(tree, file, key_path)
         errors.append(ConfigError(file, where.line, where.column, where.keys, message))
     return errors
@@ -149,6 +157,7 @@ def load_config(directory: Path, base: Policy = DEFAULT_POLICY) -> Config:
             audit_log = doc.audit_log or AuditLogSettings()
             errors.extend(check_policy(default, tree, str(main)))
             errors.extend(check_files(doc.layer, str(main), tree))
+    inherited = set(conflicts(default))
     profiles = []
     for path in profile_files(directory):
         files.append(path)
@@ -164,7 +173,7 @@ def load_config(directory: Path, base: Policy = DEFAULT_POLICY) -> Config:
             continue
         assert doc.match is not None
         policy = overlay(default, doc.layer, source=f"profile {name} ({path})", profile=name)
-        errors.extend(check_policy(policy, tree, str(path)))
+        errors.extend(check_policy(policy, tree, str(path), inherited))
         errors.extend(check_files(doc.layer, str(path), tree))
         profiles.append(Profile(name, path, _with_real_paths(doc.match), doc.layer,
                                 doc.description, policy))

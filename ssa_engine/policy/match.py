@@ -94,7 +94,10 @@ def _hit(kind: str, pattern: str, program: Program) -> bool:
     if kind == "name":
         return any(fnmatch.fnmatchcase(n, pattern) for n in program.names)
     if kind == "user":
-        return pattern == program.user or (pattern.isdigit() and int(pattern) == program.uid)
+        if pattern.isdigit():
+            return int(pattern) == program.uid
+        # a glob (www-*) matches like name and unit globs do; it used to match nothing
+        return program.user is not None and fnmatch.fnmatchcase(program.user, pattern)
     if kind == "unit":
         return program.unit is not None and any(
             fnmatch.fnmatchcase(program.unit, p) for p in _unit_candidates(pattern)

@@ -8,6 +8,7 @@ a program's policy is the default overlaid by its profile.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
@@ -27,6 +28,19 @@ OVERRIDES = {
     "ciphers": "enable ciphers the policy's list does not contain",
     "client_auth": "ask for less client authentication than server.client_auth",
 }
+
+
+def normalize_host(host: str) -> str:
+    """The form a pin table is keyed and looked up by.
+
+    Lower case without a final dot; an IP address without brackets and in its
+    canonical spelling (``[::0001]`` -> ``::1``), as the engine compares it.
+    """
+    h = host.strip().rstrip(".").lower()
+    try:
+        return str(ipaddress.ip_address(h[1:-1] if h.startswith("[") and h.endswith("]") else h))
+    except ValueError:
+        return h
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +106,7 @@ class Policy:
 
     def pins_for(self, host: str) -> frozenset[str]:
         """The pins that apply to ``host``: its own, else a one-label wildcard's."""
-        host = host.rstrip(".").lower()
+        host = normalize_host(host)
         table = dict(self.pins)
         if host in table:
             return table[host]

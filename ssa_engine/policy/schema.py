@@ -28,7 +28,7 @@ from .levels import (
     normalize_cipher,
 )
 from .match import KINDS, Match
-from .model import CLIENT_AUTH, OVERRIDES, Layer
+from .model import CLIENT_AUTH, OVERRIDES, Layer, normalize_host
 
 Key = str | int
 #: key path -> (line, column), both 1-based; ``key=True`` asks for the key's
@@ -190,6 +190,11 @@ def _kind(value: Any) -> str:
         return "a list"
     if isinstance(value, str):
         return f"string {value!r}"
+    # by kind, not type name: a YAML loader's subclasses (ScalarFloat) mean nothing to the reader
+    if isinstance(value, int):
+        return f"integer {int(value)}"
+    if isinstance(value, float):
+        return f"number {float(value)!r}"
     return f"{type(value).__name__} {value!r}"
 
 
@@ -254,6 +259,7 @@ def _parse(c: _Checker, tree: Any, profile: bool) -> Document | None:
 
 
 def _match(c: _Checker, value: Any) -> Match | None:
+    errors_before = len(c.errors)
     m = c.mapping(value, ("match",), KINDS)
     if m is None:
         return None
@@ -270,7 +276,9 @@ def _match(c: _Checker, value: Any) -> Match | None:
                                 f"must be an absolute path or glob (got {p!r})")
             found[kind + "s"] = tuple(items)
     result = Match(**found)
-    if result.is_empty() and not c.errors:
+    # an empty match whose own entries were wrong is already reported; other
+    # errors in the file must not hide this one
+    if result.is_empty() and len(c.errors) == errors_before:
         c.error(("match",), "names no criteria: give path, unit, name or user")
     return result
 
@@ -377,13 +385,20 @@ def _pins(c: _Checker, value: Any, layer: dict[str, Any]) -> None:
         if not items:
             c.error(keys, "lists no pins (remove the host to unpin it)")
             ok = False
+        # the key the engine looks the connection's host up by: without this,
+        # "[::1]" would never apply and "Example.com" would silently replace
+        # "example.com"
+        key = normalize_host(host)
+        if key in table:
+            c.error(keys, f"the same host as an earlier entry ({key})", at_key=True)
+            ok = False
         for i, pin in enumerate(items):
             if not valid_pin(pin):
                 c.error(keys + (i,) if isinstance(pins, list) else keys,
                         f"{pin!r} is not a pin: expected sha256/ and the base64 of a "
                         "SHA-256 digest (ssa-admin pin add HOST --from HOST:443 computes it)")
                 ok = False
-        table[host.rstrip(".").lower()] = frozenset(items)
+        table[key] = frozenset(items)
     if ok:
         layer["pins"] = table
 
