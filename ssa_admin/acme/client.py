@@ -21,7 +21,6 @@ import requests
 from acme import client as acme_client
 from acme import errors as acme_errors
 from acme import messages
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .errors import NetworkError, ProblemError
 
@@ -56,12 +55,13 @@ def resolve_server(value: str) -> str:
 
 def signing_alg(key: jose.JWK) -> jose.JWASignature:
     """The JWS algorithm for an account key (RFC 7518 section 3.1)."""
-    raw = key.key
-    if isinstance(raw, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-        return {256: jose.ES256, 384: jose.ES384, 521: jose.ES512}[raw.curve.key_size]
-    if isinstance(raw, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+    # josepy wraps the cryptography key (JWKEC.key is a ComparableECKey, not an
+    # EllipticCurvePrivateKey), so the JWK class says what kind of key it is
+    if isinstance(key, jose.JWKEC):
+        return {256: jose.ES256, 384: jose.ES384, 521: jose.ES512}[key.key.curve.key_size]
+    if isinstance(key, jose.JWKRSA):
         return jose.RS256
-    raise ValueError(f"unsupported account key {type(raw).__name__}")
+    raise ValueError(f"unsupported account key {type(key).__name__}")
 
 
 class _Network(acme_client.ClientNetwork):
