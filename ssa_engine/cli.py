@@ -67,7 +67,7 @@ def serve(
                                        autocompletion=_complete_level)] = "default",
     handshake_timeout: Annotated[
         float, typer.Option(help="Seconds a TLS handshake may take, when ssa.yaml sets none.",
-                            min=0.1, max=3600)
+                            min=0.1, max=300)
     ] = 10.0,
     certificate: Annotated[
         list[str] | None,

@@ -31,8 +31,11 @@ def _name(cn: str, org: str = "Example") -> x509.Name:
 
 
 def _key(kind: str):  # type: ignore[no-untyped-def]
-    if kind == "rsa":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if kind.startswith("rsa"):  # "rsa" (2048 bits) or "rsa-BITS"
+        bits = int(kind.partition("-")[2] or 2048)
+        return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    if kind == "ec-p224":
+        return ec.generate_private_key(ec.SECP224R1())
     return ec.generate_private_key(ec.SECP256R1())
 
 

@@ -329,3 +329,25 @@ def test_profile_certificates_and_renewal_under_a_live_listener(
         t.join(10)
         for conn in accepted:
             conn.close()
+
+
+def test_level_minimum_key_size_is_enforced(pki, ssl_server, engine_factory, monkeypatch,
+                                            tmp_path) -> None:
+    # OpenSSL's security level 1 (legacy) still allows RSA-1024; the level says 2048
+    config = _config(tmp_path, legacy=f"""
+        match:
+          path: {EXE}
+        level: legacy
+    """)
+    _start(engine_factory, monkeypatch, config)
+    weak = pki.ca.issue("weak-rsa", ["localhost"], kind="rsa-1024")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # before loading: level 1+ refuses the key
+    ctx.load_cert_chain(weak.chain, weak.key)
+    srv = ssl_server(ctx)
+    exc, text = _refused(pki, srv.port)
+    assert exc.errno == errno.EPROTO
+    assert "RSA-1024 key" in text and "needs 2048 bits" in text and "profile legacy" in text, text
+    ok = ssl_server(server_context(pki.server_rsa))
+    with _connect(pki, ok.port) as s:
+        _echo_once(s)

@@ -346,7 +346,7 @@ def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     write(tmp_path)
     (tmp_path / "profiles.d" / "wget.yaml").write_bytes(b"match:\n  name: caf\xe9\n")
     assert [str(e) for e in load_errors(tmp_path)] == [
-        f"{tmp_path}/profiles.d/wget.yaml: not UTF-8 text (byte 18)"]
+        f"{tmp_path}/profiles.d/wget.yaml:2:12: not UTF-8 text (byte 18)"]
 
 
 def test_a_badly_named_profile_file(tmp_path: Path) -> None:

@@ -62,10 +62,14 @@ def load_file(path: Path) -> Any:
             data = f.read(MAX_FILE_SIZE + 1)
     except OSError as exc:
         raise _error(str(path), f"cannot read: {exc.strerror}") from None
+    if len(data) > MAX_FILE_SIZE:
+        raise _error(str(path), f"larger than {MAX_FILE_SIZE // 1024} KiB; is this the right file?")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _error(str(path), f"not UTF-8 text (byte {exc.start})") from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise _error(str(path), f"not UTF-8 text (byte {exc.start})", line, col) from None
     return load_text(text, str(path))
 
 

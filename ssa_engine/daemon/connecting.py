@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import socket
+from typing import Any
 
 from OpenSSL import SSL
 
@@ -177,9 +178,14 @@ class ClientSide:
         code, text = fastio.verify_result(conn)
         if code != 0:  # defence in depth: VERIFY_PEER already enforces this
             raise ApiError(errno.EPROTO, f"certificate verification failed: {text}")
+        chain = conn.get_verified_chain() or []
+        weak = fastio.weak_key(chain, policy.level.min_rsa_bits, policy.level.min_ec_bits)
+        if weak is not None:
+            raise ApiError(errno.EPROTO, f"server key too small for the policy: {weak}, "
+                           f"level {policy.level.name} of the {policy.source}")
         pins = policy.pins_for(verify_name)
         if pins:
-            check_pins(conn, verify_name, pins, policy.source)
+            check_pins(chain, verify_name, pins, policy.source)
 
     async def _tcp_connect(self, host: str, port: int, timeout: float) -> socket.socket:
         literal = ip_literal(host)
@@ -229,9 +235,8 @@ class ClientSide:
                        f"{last.strerror or os.strerror(code)}")
 
 
-def check_pins(conn: SSL.Connection, host: str, pins: frozenset[str], source: str) -> None:
+def check_pins(chain: list[Any], host: str, pins: frozenset[str], source: str) -> None:
     """The verified chain must contain a pinned key (RFC 7469 section 2.6), or EPROTO."""
-    chain = conn.get_verified_chain() or []
     found = chain_pins([c.to_cryptography() for c in chain])
     if pins.isdisjoint(found):
         raise ApiError(errno.EPROTO, f"pin mismatch for {host}: the {source} pins "

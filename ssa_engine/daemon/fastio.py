@@ -167,3 +167,26 @@ def set_sigalgs(ctx: SSL.Context, sigalgs: tuple[str, ...]) -> None:
     if lib.SSL_CTX_set1_sigalgs_list(ctx._context, ":".join(sigalgs).encode()) != 1:  # noqa: SLF001
         lib.ERR_clear_error()
         raise ValueError(f"OpenSSL refuses the signature algorithms {':'.join(sigalgs)}")
+
+
+def weak_key(certs: list[Any], min_rsa_bits: int, min_ec_bits: int) -> str | None:
+    """Describe the first certificate whose key is below the level's minimum, else None.
+
+    OpenSSL's security level bounds key sizes too, but more loosely than the
+    levels promise (level 1 allows RSA-1024, level 2 allows P-224).
+    """
+    for cert in certs:
+        pkey = lib.X509_get_pubkey(cert._x509)  # noqa: SLF001
+        if pkey == ffi.NULL:
+            continue
+        try:
+            kind, bits = lib.EVP_PKEY_id(pkey), lib.EVP_PKEY_bits(pkey)
+        finally:
+            lib.EVP_PKEY_free(pkey)
+        if kind == lib.EVP_PKEY_RSA and bits < min_rsa_bits:
+            return f"RSA-{bits} key in {oneline(lib.X509_get_subject_name(cert._x509))} " \
+                   f"(the policy needs {min_rsa_bits} bits)"  # noqa: SLF001
+        if kind == lib.EVP_PKEY_EC and bits < min_ec_bits:
+            return f"{bits}-bit EC key in {oneline(lib.X509_get_subject_name(cert._x509))} " \
+                   f"(the policy needs {min_ec_bits} bits)"  # noqa: SLF001
+    return None

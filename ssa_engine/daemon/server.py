@@ -57,6 +57,7 @@ class Engine:
         self._configure_audit(self.config.current)
         self.config.on_config.append(self._configure_audit)
         self.config.on_store.append(self._store_changed)
+        self._ties: set[object] = set()
         self.contexts = ContextCache()
         self.sessions: set[Session] = set()
         self.sockets = 0
@@ -104,7 +105,8 @@ class Engine:
         if not config.profiles:  # no need to look at /proc
             return Selection(config.default, None, "no profile is applied")
         selection = config.select(peer.program_info())
-        if selection.tied:
+        if selection.tied and (tie := (selection.profile, selection.tied)) not in self._ties:
+            self._ties.add(tie)  # once per configuration and tie, not per socket
             log.warning("profiles %s match %s equally; %s wins by name order",
                         ", ".join((selection.profile.name,) + selection.tied),  # type: ignore[union-attr]
                         peer.program, selection.profile.name)  # type: ignore[union-attr]
