@@ -6,26 +6,53 @@ administrator wrote elsewhere in the file survives byte for byte. A change
 is saved only when the whole configuration directory still loads (the file
 itself and its merge with ``ssa.yaml`` or the profiles); otherwise the old
 file is put back and the errors are raised, naming file, line and key.
+
+The services behind ``ssa-admin profile`` and ``ssa-admin policy`` live here
+too (apply, new, remove, diff, validate, the effective settings and where
+each comes from, explain); the command modules only parse options and print.
+Nothing here imports typer or rich.
 """
 
 from __future__ import annotations
 
+import difflib
+import errno
 import json
-from collections.abc import Sequence
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ssa_engine import paths
-from ssa_engine.config import ConfigErrors, load_config, yamlio
-from ssa_engine.policy.schema import Key, parse_document
+from ssa_engine.config import ConfigError, ConfigErrors, load_config, read_document, yamlio
+from ssa_engine.config.loader import Config, check_files, check_policy
+from ssa_engine.policy.levels import LEVELS, VERSION_NAMES
+from ssa_engine.policy.match import KINDS, Program, Score, score
+from ssa_engine.policy.model import DEFAULT_POLICY, Layer, Policy, overlay
+from ssa_engine.policy.schema import AuditLogSettings, Key, parse_document
+
+#: what the loader accepts as a profile file's stem (ssa_engine/config/loader.py)
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_GLOB_CHARS = frozenset("*?[")
+#: the comment ``profile apply`` puts on a ``match.path`` it adds
+APPLIED_COMMENT = "set by ssa-admin profile apply"
+BUILT_IN = "built-in"
+MAIN_LABEL = paths.CONFIG_FILE
 
 
+class ProfileError(Exception):
+    """A failure that one sentence explains (the command prints it and exits 1)."""
+
+
+# -- where profiles are --------------------------------------------------------------------
 def bundled_profiles() -> dict[str, Path]:
     """Profiles shipped with ssa, by name."""
     directory = paths.bundled_profiles_dir()
     try:
-        return {p.stem: p for p in sorted(directory.glob("*.yaml"))}
+        return {p.stem: p for p in sorted(directory.glob("*.yaml")) if not p.name.startswith(".")}
     except OSError:
         return {}
 
@@ -39,6 +66,48 @@ def applied_profiles(config_dir: Path) -> dict[str, Path]:
         return {}
 
 
+def check_name(name: str) -> str:
+    if not _PROFILE_NAME.match(name):
+        raise ProfileError(f"{name!r} is not a profile name: letters, digits, '.', '_' or '-', "
+                           "starting with a letter or digit")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A profile to apply: a bundled one, or the administrator's own file."""
+
+    name: str
+    path: Path
+    bundled: bool
+
+
+def find_source(arg: str) -> Source:
+    """``wget`` (bundled) or ``./myapp.yaml`` (a file; its stem names the profile)."""
+    if "/" in arg or arg.endswith((".yaml", ".yml")):
+        path = Path(arg)
+        if not path.is_file():
+            raise ProfileError(f"{arg}: no such file")
+        return Source(check_name(path.stem), path, False)
+    bundled = bundled_profiles()
+    if arg in bundled:
+        return Source(arg, bundled[arg], True)
+    known = ", ".join(bundled) or f"none in {paths.bundled_profiles_dir()}"
+    raise ProfileError(f"no bundled profile named {arg!r} (bundled: {known}); "
+                       "give the path of a file to apply your own")
+
+
+def find_profile(config_dir: Path, name: str, *, bundled: bool = False) -> Source:
+    """The applied profile ``name`` (else the bundled one); ``bundled=True``: the bundled one."""
+    if not bundled and (path := applied_profiles(config_dir).get(name)):
+        return Source(name, path, False)
+    if path := bundled_profiles().get(name):
+        return Source(name, path, True)
+    where = "bundled" if bundled else "applied or bundled"
+    raise ProfileError(f"no {where} profile named {name!r} (see ssa-admin profile list)")
+
+
+# -- one file, edited --------------------------------------------------------------------
 class EditableFile:
     """One YAML configuration file, open for a round-trip edit."""
 
@@ -64,12 +133,19 @@ class EditableFile:
         return node
 
     def set(self, keys: Sequence[Key], value: Any) -> None:
-        """Set a value, creating the mappings on the way."""
+        """Set a value, creating the mappings on the way.
+
+        A string replacing a quoted string keeps its quotes (``level: "default"``
+        becomes ``level: "modern"``); comments on the line stay where they were.
+        """
         node = self.tree
         for key in keys[:-1]:
             if not isinstance(node.get(key), dict):
                 node[key] = yamlio.new_map()
             node = node[key]
+        old = node.get(keys[-1]) if isinstance(node, dict) else None
+        if isinstance(value, str) and isinstance(old, str) and type(old) is not str:
+            value = type(old)(value)  # the loader's quoted-string type
         node[keys[-1]] = value
 
     def delete(self, keys: Sequence[Key]) -> bool:
@@ -116,33 +192,586 @@ class EditableFile:
             yamlio.write_atomic(self.path, self.original.decode("utf-8"))
 
 
+def set_level(config_dir: Path, level: str) -> str | None:
+    """``level: LEVEL`` in ``ssa.yaml`` (created if absent); returns the old level."""
+    if level not in LEVELS:
+        raise ProfileError(f"unknown level {level!r}; one of {', '.join(LEVELS)}")
+    editable = EditableFile(config_dir / paths.CONFIG_FILE, profile=False)
+    old = editable.get(("level",))
+    editable.set(("level",), level)
+    editable.save(config_dir)
+    return str(old) if old is not None else None
+
+
+# -- apply, new, remove, diff --------------------------------------------------------------
+def _is_glob(value: str) -> bool:
+    return bool(_GLOB_CHARS & set(value))
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
+
+
+def _plain(value: Any) -> str | list[str]:
+    return str(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def _set_match_path(tree: Any, value: str | list[str]) -> None:
+    match = tree["match"]
+    if "path" in match:
+        match["path"] = value  # the source's own comment on the line stays
+        return
+    # before name: the most specific criterion first, as in ARCHITECTURE.md section 6
+    match.insert(0, "path", value)
+    match.yaml_add_eol_comment(APPLIED_COMMENT, "path")
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _is_script(path: str) -> bool:
+    """``#!`` first: /proc/PID/exe of a running script is its interpreter, never the script."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"#!"
+    except OSError:
+        return False
+
+
+_SCRIPT = ("is a script (#!): a process running it shows its interpreter as the "
+           "executable, so only its name can match it")
+
+
+def _resolve(match: Mapping[str, Any], name: str, *, path: str | None, name_only: bool
+             ) -> tuple[list[str] | None, list[str]]:
+    """The ``match.path`` to write (None: keep the source's match) and notes to show.
+
+    Every kind a match gives must match (policy/match.py), so a path added to
+    ``name: [a, b*]`` would stop the profile from matching ``b*``: the path is
+    written only when every name resolves to an executable in PATH.
+    """
+    names = _as_list(match.get("name"))
+    if path is not None:
+        full = os.path.abspath(path)
+        if not os.path.exists(full):
+            raise ProfileError(f"--path {path}: no such file")
+        if not _executable(full):
+            raise ProfileError(f"--path {path}: not an executable file")
+        if _is_script(full):
+            raise ProfileError(f"--path {path} {_SCRIPT}; use --name-only")
+        return [full], []
+    if name_only:
+        if not names:
+            raise ProfileError(f"profile {name} has no match.name to match by; "
+                               "pass --path to name the program")
+        return None, [f"matches programs named {', '.join(names)} (by name only)"]
+    if "path" in match:
+        listed = _as_list(match["path"])
+        exact = [p for p in listed if not _is_glob(p)]
+        if exact and not any(os.path.exists(p) for p in exact):
+            return None, [f"{', '.join(exact)}: not on this machine; pass --path to name "
+                          "the program's executable here"]
+        return None, []
+    patterns = [n for n in names if _is_glob(n)]
+    exact_names = [n for n in names if not _is_glob(n)]
+    if not exact_names:
+        return None, []  # user, unit or name patterns: nothing to look up
+    found: list[str] = []
+    missing: list[str] = []
+    scripts: list[str] = []
+    for n in exact_names:
+        where = shutil.which(n)  # honours PATH
+        if where is None:
+            missing.append(n)
+        elif _is_script(where):
+            scripts.append(f"{n} ({where})")
+        elif os.path.abspath(where) not in found:
+            found.append(os.path.abspath(where))
+    if not (found or scripts or patterns):  # nothing of it on this machine
+        what = (f"{missing[0]} is not installed on this machine (not found in PATH)"
+                if len(missing) == 1 else f"none of {', '.join(missing)} is installed "
+                "on this machine (none found in PATH)")
+        raise ProfileError(f"{what}; pass --path to name it, or --name-only to match by name")
+    unresolved = ([f"{n} is a pattern" for n in patterns] + [f"{n} is not in PATH" for n in missing]
+                  + [f"{n} {_SCRIPT}" for n in scripts])
+    if unresolved:
+        return None, [f"matching by name only: {u}" for u in unresolved] + [
+            "a match.path would stop the profile from matching those "
+            "(--path restricts it to one executable)"]
+    return found, []
+
+
+def _as_applied(source: Path, applied: Any) -> str:
+    """What ``apply`` writes from ``source`` with the ``match.path`` of ``applied``."""
+    tree = yamlio.load_file(source)
+    try:
+        applied_path = applied["match"]["path"]
+        source_path = tree["match"].get("path")
+    except (KeyError, TypeError, AttributeError):
+        return yamlio.dump(tree)
+    if _as_list(applied_path) != _as_list(source_path):
+        _set_match_path(tree, _plain(applied_path))
+    return yamlio.dump(tree)
+
+
+def _was_edited(current: str, dest: Path, source: Path) -> bool:
+    try:
+        applied = yamlio.load_text(current, str(dest))
+    except ConfigErrors:
+        return True
+    return current != _as_applied(source, applied)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    name: str
+    file: Path
+    source: Source
+    #: ``match.path`` as written; empty when the source's match was kept
+    paths: tuple[str, ...]
+    notes: tuple[str, ...]
+    changed: bool
+    replaced: bool
+
+
+def apply_profile(config_dir: Path, arg: str, *, path: str | None = None,
+                  name_only: bool = False, force: bool = False) -> Applied:
+    """Install a bundled profile (or a file) as ``profiles.d/NAME.yaml``.
+
+    Raises ProfileError, or ConfigErrors naming the source file (or, when
+    the merge with the rest of the configuration fails, the files involved).
+    """
+    source = find_source(arg)
+    tree = yamlio.load_file(source.path)
+    parse_document(tree, str(source.path), yamlio.locator(tree), profile=True)
+    found, notes = _resolve(tree["match"], source.name, path=path, name_only=name_only)
+    if found is not None:
+        _set_match_path(tree, found[0] if len(found) == 1 else found)
+    text = yamlio.dump(tree)
+    dest = paths.profiles_dir(config_dir) / f"{source.name}.yaml"
+    written = tuple(found or ())
+    replaced = False
+    if dest.exists():
+        current = dest.read_text(encoding="utf-8", errors="replace")
+        if current == text:
+            return Applied(source.name, dest, source, written, tuple(notes), False, False)
+        if not force and _was_edited(current, dest, source.path):
+            how = (f"ssa-admin profile diff {source.name} shows how" if source.bundled
+                   else f"it differs from {source.path}")
+            raise ProfileError(f"{dest} was changed since it was applied ({how}); "
+                               "pass --force to replace it")
+        replaced = True
+    editable = EditableFile(dest, profile=True)
+    editable.tree = tree
+    editable.save(config_dir)
+    return Applied(source.name, dest, source, written, tuple(notes), True, replaced)
+
+
+def remove_profile(config_dir: Path, name: str) -> Path:
+    path = applied_profiles(config_dir).get(name)
+    if path is None:
+        raise ProfileError(f"no applied profile named {name!r} in {paths.profiles_dir(config_dir)}")
+    path.unlink()
+    return path
+
+
+def _scalar(value: str) -> str:
+    """``value`` as a YAML scalar: plain when it reads back as itself, else quoted."""
+    if re.fullmatch(r"[A-Za-z0-9/_.@+-][A-Za-z0-9/_.@+:-]*", value):
+        try:
+            if yamlio.load_text(f"v: {value}\n", "-")["v"] == value:
+                return value
+        except ConfigErrors:
+            pass
+    return json.dumps(value)  # a JSON string is a YAML double-quoted scalar
+
+
+def _scalars(values: Sequence[str]) -> str:
+    return _scalar(values[0]) if len(values) == 1 else f"[{', '.join(map(_scalar, values))}]"
+
+
+_SKELETON_TAIL = """\
+# Everything below is optional: what a profile does not set comes from ssa.yaml.
+# tls:
+#   min_version: "1.3"          # "1.2" | "1.3"
+#   max_version: "1.3"
+#   ciphersuites: [TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256]
+#   groups: [X25519, P-256]
+# verify:
+#   trust_store: /etc/ssl/certs/ca-certificates.crt
+#   allow_app_trust: false      # may the program add trust anchors of its own?
+# pins:                         # host -> SPKI pins (ssa-admin pin add)
+#   example.com: ["sha256/BASE64SPKIHASH="]
+# server:
+#   certificates: [example.com] # store names; the first is the default
+#   client_auth: none           # none | request | require
+# app_overrides: []             # min_version, max_version, ciphers, client_auth
+# handshake_timeout: 10         # seconds
+# audit: true                   # write this program's connections to the audit log
+"""
+
+
+def _commented_line(code: str, comment: str) -> str:
+    return f"{code:<31} # {comment}"
+
+
+def new_profile(config_dir: Path, name: str, *, match: Mapping[str, Sequence[str]],
+                level: str | None = None) -> Path:
+    """Write a commented skeleton ``profiles.d/NAME.yaml`` matching ``match``."""
+    check_name(name)
+    if level is not None and level not in LEVELS:
+        raise ProfileError(f"unknown level {level!r}; one of {', '.join(LEVELS)}")
+    dest = paths.profiles_dir(config_dir) / f"{name}.yaml"
+    if dest.exists():
+        raise ProfileError(f"{dest} exists; edit it, or remove it first (ssa-admin profile remove "
+                           f"{name})")
+    what = {"path": "executable, exact or glob", "unit": "systemd unit",
+            "name": "program name (its comm or executable's base name)",
+            "user": "user name or uid"}
+    lines = [f"# {name}: created by ssa-admin profile new; check it with",
+             f"# ssa-admin profile show {name}.",
+             f"description: {_scalar(name + ' (local profile)')}",
+             _commented_line("match:", "every criterion given must match")]
+    for kind in KINDS:
+        if values := list(match.get(kind) or ()):
+            lines.append(_commented_line(f"  {kind}: {_scalars(values)}", what[kind]))
+    if not any(match.get(k) for k in KINDS):
+        raise ProfileError("a profile needs a match: --path, --name, --user or --unit")
+    levels = " | ".join(LEVELS)
+    lines.append(_commented_line(f"level: {level}", levels) if level else
+                 _commented_line("# level: default", f"{levels}; unset: ssa.yaml's"))
+    editable = EditableFile(dest, profile=True)
+    editable.tree = yamlio.load_text("\n".join(lines) + "\n" + _SKELETON_TAIL, str(dest))
+    editable.save(config_dir)
+    return dest
+
+
+def diff_profile(config_dir: Path, name: str) -> tuple[str, Path, Path]:
+    """Unified diff from the bundled profile (as ``apply`` writes it here) to the applied one.
+
+    Empty when they are the same. ``apply`` adds this machine's ``match.path``,
+    so the bundled side gets the applied file's path before comparing.
+    """
+    applied = applied_profiles(config_dir).get(name)
+    bundled = bundled_profiles().get(name)
+    if applied is None:
+        raise ProfileError(f"{name} is not applied (no {paths.profiles_dir(config_dir)}/{name}.yaml)")
+    if bundled is None:
+        raise ProfileError(f"no bundled profile named {name!r}: {applied} is a local profile")
+    current = applied.read_text(encoding="utf-8", errors="replace")
+    try:
+        expected = _as_applied(bundled, yamlio.load_text(current, str(applied)))
+    except ConfigErrors:
+        expected = bundled.read_text(encoding="utf-8", errors="replace")
+    lines = difflib.unified_diff(expected.splitlines(keepends=True),
+                                 current.splitlines(keepends=True),
+                                 fromfile=f"{bundled} (as applied)", tofile=str(applied))
+    text = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
+                   for line in lines)
+    return text, bundled, applied
+
+
+# -- the settings in force, and where each comes from -------------------------------------
+def default_layer(config_dir: Path) -> tuple[Layer, AuditLogSettings, Path | None]:
+    """What ``ssa.yaml`` sets (nothing when it is absent); raises ConfigErrors."""
+    main = config_dir / paths.CONFIG_FILE
+    if not main.exists():
+        return Layer(), AuditLogSettings(), None
+    doc, tree = read_document(main, profile=False)
+    errors = check_policy(overlay(DEFAULT_POLICY, doc.layer, source=str(main)), tree, str(main))
+    errors += check_files(doc.layer, str(main), tree)
+    if errors:
+        raise ConfigErrors(errors)
+    return doc.layer, doc.audit_log or AuditLogSettings(), main
+
+
+_TLS = ("min_version", "max_version", "ciphers", "ciphersuites", "groups")
+#: settings outside ``tls``: key path in the file -> Layer attribute
+_OTHER = {
+    "verify.trust_store": "trust_store", "verify.verify_depth": "verify_depth",
+    "verify.allow_app_trust": "allow_app_trust", "verify.allow_ip_names": "allow_ip_names",
+    "server.certificates": "server_certificates", "server.client_auth": "client_auth",
+    "server.client_ca": "client_ca", "app_overrides": "app_overrides",
+    "handshake_timeout": "handshake_timeout", "audit": "audit",
+}
+
+
+def settings(policy: Policy) -> dict[str, Any]:
+    """A policy in the keys of the profile format (plus what its level implies)."""
+    lv, v = policy.level, policy.verify
+    return {
+        "level": lv.name,
+        "tls": {
+            "min_version": VERSION_NAMES[policy.effective_min_version],
+            "max_version": VERSION_NAMES[policy.effective_max_version],
+            "ciphers": list(policy.effective_ciphers),
+            "ciphersuites": list(policy.effective_ciphersuites),
+            "groups": list(policy.effective_groups),
+            "sigalgs": list(lv.sigalgs),
+            "min_rsa_bits": lv.min_rsa_bits,
+            "min_ec_bits": lv.min_ec_bits,
+        },
+        "verify": {"trust_store": v.trust_store, "verify_depth": v.verify_depth,
+                   "allow_app_trust": v.allow_app_trust, "allow_ip_names": v.allow_ip_names},
+        "pins": {host: sorted(pins) for host, pins in policy.pins},
+        "server": {"certificates": list(policy.server_certificates),
+                   "client_auth": policy.client_auth, "client_ca": policy.client_ca},
+        "app_overrides": sorted(policy.app_overrides),
+        "handshake_timeout": policy.handshake_timeout,
+        "audit": policy.audit,
+    }
+
+
+def origins(layers: Sequence[tuple[str, Layer]]) -> dict[str, str]:
+    """Which layer decided each setting: ``{"tls.min_version": "ssa.yaml (level modern)"}``.
+
+    ``layers`` are (label, layer), weakest first, on top of the built-in policy.
+    A layer naming a level restarts the TLS settings from it (model.overlay).
+    """
+    out: dict[str, str] = {"level": BUILT_IN}
+    level_name = DEFAULT_POLICY.level.name
+    for label, layer in layers:
+        if layer.level is not None:
+            out["level"], level_name = label, layer.level.name
+    for key in _TLS:
+        out[f"tls.{key}"] = f"{BUILT_IN} (level {DEFAULT_POLICY.level.name})"
+        for label, layer in reversed(layers):
+            if getattr(layer, key) is not None:
+                out[f"tls.{key}"] = label
+                break
+            if layer.level is not None:
+                out[f"tls.{key}"] = f"{label} (level {layer.level.name})"
+                break
+    for key in ("sigalgs", "min_rsa_bits", "min_ec_bits"):
+        out[f"tls.{key}"] = f"{out['level']} (level {level_name})"
+    for key, attr in _OTHER.items():
+        out[key] = next((label for label, layer in reversed(layers)
+                         if getattr(layer, attr) is not None), BUILT_IN)
+    for label, layer in layers:
+        for host in layer.pins or {}:
+            out[f"pins.{host}"] = label
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """A policy as the engine would build it, and where each setting comes from."""
+
+    policy: Policy
+    origins: dict[str, str]
+    audit_log: AuditLogSettings
+    source: Source | None = None  # None: the default policy
+    match: dict[str, list[str]] | None = None
+    description: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        if self.source is not None:
+            doc.update({"name": self.source.name,
+                        "state": "bundled" if self.source.bundled else "applied",
+                        "file": str(self.source.path), "description": self.description,
+                        "match": self.match})
+        else:
+            doc["audit_log"] = {"path": self.audit_log.path,
+                                "max_size": self.audit_log.max_bytes,
+                                "backups": self.audit_log.backups}
+        doc["settings"] = settings(self.policy)
+        doc["origins"] = self.origins
+        return doc
+
+
+def effective_default(config_dir: Path) -> Effective:
+    layer, audit_log, main = default_layer(config_dir)
+    policy = overlay(DEFAULT_POLICY, layer, source=f"default policy ({main})") if main else \
+        DEFAULT_POLICY
+    return Effective(policy, origins([(MAIN_LABEL, layer)]), audit_log)
+
+
+def effective_profile(config_dir: Path, name: str, *, bundled: bool = False) -> Effective:
+    """Default policy + profile ``name`` (applied, else bundled); raises ConfigErrors."""
+    source = find_profile(config_dir, name, bundled=bundled)
+    layer, audit_log, main = default_layer(config_dir)
+    default = overlay(DEFAULT_POLICY, layer, source=f"default policy ({main})") if main else \
+        DEFAULT_POLICY
+    doc, tree = read_document(source.path, profile=True)
+    policy = overlay(default, doc.layer, source=f"profile {name} ({source.path})", profile=name)
+    errors = check_policy(policy, tree, str(source.path)) + check_files(
+        doc.layer, str(source.path), tree)
+    if errors:
+        raise ConfigErrors(errors)
+    assert doc.match is not None
+    match = {k: list(doc.match.values(k)) for k in KINDS if doc.match.values(k)}
+    label = f"profile {name}"
+    return Effective(policy, origins([(MAIN_LABEL, layer), (label, doc.layer)]), audit_log,
+                     source, match, doc.description)
+
+
+# -- validate ------------------------------------------------------------------------------
+def validate_files(config_dir: Path, files: Sequence[Path]) -> list[ConfigError]:
+    """Every error in ``files``, each checked alone (``ssa.yaml`` as the default policy,
+    any other name as a profile merged with ``CONFIG/ssa.yaml``)."""
+    try:
+        layer, _, main = default_layer(config_dir)
+        default = overlay(DEFAULT_POLICY, layer, source=str(main)) if main else DEFAULT_POLICY
+    except ConfigErrors:
+        default = DEFAULT_POLICY  # that file's own errors show when it is validated
+    errors: list[ConfigError] = []
+    for path in files:
+        is_main = path.name == paths.CONFIG_FILE
+        try:
+            doc, tree = read_document(path, profile=not is_main)
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        policy = overlay(DEFAULT_POLICY if is_main else default, doc.layer, source=str(path))
+        errors.extend(check_policy(policy, tree, str(path)))
+        errors.extend(check_files(doc.layer, str(path), tree))
+    return errors
+
+
+# -- list ----------------------------------------------------------------------------------
+def profile_list(config_dir: Path) -> list[dict[str, Any]]:
+    """Bundled and applied profiles: match, level, description, state."""
+    applied, bundled = applied_profiles(config_dir), bundled_profiles()
+    rows = []
+    for name in sorted(set(applied) | set(bundled)):
+        path = applied.get(name) or bundled[name]
+        row: dict[str, Any] = {
+            "name": name, "state": None, "applied": str(applied[name]) if name in applied else None,
+            "bundled": str(bundled[name]) if name in bundled else None,
+            "match": {}, "level": None, "description": None, "error": None,
+        }
+        if name not in applied:
+            row["state"] = "bundled only"
+        elif name not in bundled:
+            row["state"] = "applied (local)"
+        else:
+            current = applied[name].read_text(encoding="utf-8", errors="replace")
+            edited = _was_edited(current, applied[name], bundled[name])
+            row["state"] = "applied, differs from bundled" if edited else "applied"
+        try:
+            doc, _ = read_document(path, profile=True)
+        except ConfigErrors as exc:
+            row["error"] = str(exc.errors[0])
+        else:
+            if doc.match is not None:
+                row["match"] = {k: list(doc.match.values(k)) for k in KINDS
+                                if doc.match.values(k)}
+            row["level"] = doc.layer.level.name if doc.layer.level else None
+            row["description"] = doc.description
+        rows.append(row)
+    return rows
+
+
+# -- explain -------------------------------------------------------------------------------
+def _kind_of(s: Score) -> str:
+    return KINDS[len(KINDS) - s.rank]
+
+
+def _why_lost(s: Score, top: Score, winner: str) -> str:
+    if s.rank != top.rank:
+        return f"a {_kind_of(top)} match is more specific than a {_kind_of(s)} match"
+    if s.exact != top.exact:
+        return "an exact value beats a pattern"
+    if s.literal != top.literal:
+        return "the winner's pattern is longer (more specific)"
+    if s.kinds != top.kinds:
+        return f"the winner matches on more criteria ({top.kinds} to {s.kinds})"
+    return f"tie: equally specific, {winner} sorts first by name"
+
+
+def explain(config: Config, program: Program) -> dict[str, Any]:
+    """Which profile governs ``program``, why, and which other profiles matched."""
+    selection = config.select(program)
+    scored = []
+    for p in config.profiles:
+        result = score(p.match, program)
+        if result is not None:
+            scored.append((result[0], p, result[1]))
+    winner = selection.profile.name if selection.profile else None
+    top = max((s for s, _, _ in scored), default=None)
+    candidates = []
+    # most specific first; equally specific ones in name order (the tie rule)
+    by_name = sorted(scored, key=lambda c: c[1].name)
+    for s, p, why in sorted(by_name, key=lambda c: c[0], reverse=True):
+        if p.name == winner:
+            outcome, lost = "selected", None
+        else:
+            assert top is not None and winner is not None
+            outcome = "tied" if s == top else "lost"
+            lost = _why_lost(s, top, winner)
+        candidates.append({"name": p.name, "file": str(p.file), "matched_by": why,
+                           "result": outcome, "why_lost": lost})
+    matched = {c["name"] for c in candidates}
+    return {
+        "program": {"pid": program.pid, "exe": program.exe, "comm": program.comm,
+                    "uid": program.uid, "user": program.user, "unit": program.unit},
+        "config_dir": str(config.directory),
+        "profile": winner,
+        "file": str(selection.profile.file) if selection.profile else None,
+        "reason": selection.reason,
+        "tied": list(selection.tied),
+        "level": selection.policy.level.name,
+        "candidates": candidates,
+        "not_matching": [p.name for p in config.profiles if p.name not in matched],
+    }
+
+
+# -- the running engine --------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ReloadResult:
     running: bool
     reloaded: bool = False
     errors: tuple[str, ...] = ()
     message: str = ""
+    #: the profiles in force after a successful reload
+    profiles: tuple[str, ...] = ()
+
+
+#: connect() errors that mean "no engine listens there"
+_NOT_RUNNING = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR)
+
+
+def _request(path: Path, request: Any) -> dict[str, Any]:
+    """One administrative request; the engine's JSON reply. Raises OSError."""
+    from ssa_engine.api.control import ControlChannel
+    from ssa_engine.protocol import StatusReply
+
+    ctl = ControlChannel(path)
+    try:
+        reply = ctl.open(request)
+    finally:
+        ctl.close()
+    if not isinstance(reply, StatusReply):
+        raise OSError(errno.EPROTO, f"unexpected answer from the engine: {reply!r}")
+    doc: dict[str, Any] = json.loads(reply.document)
+    return doc
+
+
+def engine_status(socket: Path | None = None) -> dict[str, Any]:
+    """The running engine's STATUS document; OSError when there is none."""
+    from ssa_engine.protocol import StatusRequest
+
+    return _request(socket or paths.engine_socket(), StatusRequest())
 
 
 def reload_engine(socket: Path | None = None) -> ReloadResult:
     """Ask the running engine to reload; report what happened (never raises)."""
-    from ssa_engine.api.control import ControlChannel
-    from ssa_engine.protocol import ReloadRequest, StatusReply
+    from ssa_engine.protocol import ReloadRequest
 
     path = socket or paths.engine_socket()
     try:
-        ctl = ControlChannel(path)
-        try:
-            reply = ctl.open(ReloadRequest())
-        finally:
-            ctl.close()
+        doc = _request(path, ReloadRequest())
     except OSError as exc:
-        return ReloadResult(False, message=f"no engine at {path} ({exc.strerror}); the change "
-                            "applies when the engine starts")
-    if not isinstance(reply, StatusReply):
-        return ReloadResult(True, message="the engine did not answer the reload request")
-    doc = json.loads(reply.document)
+        if exc.errno in _NOT_RUNNING:
+            return ReloadResult(False, message=f"no engine is running at {path}")
+        return ReloadResult(True, message=f"the engine at {path} did not reload: "
+                            f"{exc.strerror or exc}")
     errors = tuple(doc.get("errors") or ())
     ok = bool(doc.get("reloaded"))
     return ReloadResult(True, ok, errors,
-                        "engine reloaded" if ok else "engine kept its old configuration")
+                        "engine reloaded" if ok else "the engine kept its old configuration",
+                        tuple(doc.get("profiles") or ()))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import typer
 
 from . import cert as _cert
+from . import policy as _policy
+from . import profile as _profile
+from . import reload as _reload
 from . import report as _report
 from . import status as _status
 
@@ -16,6 +19,9 @@ app = typer.Typer(
 app.command("status")(_status.status)
 app.command("report")(_report.report)
 app.add_typer(_cert.app, name="cert")
+app.add_typer(_profile.app, name="profile")
+app.add_typer(_policy.app, name="policy")
+app.command("reload")(_reload.reload)
 
 
 def main() -> None:

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ssa_engine import paths
 
+from .common import Json, StateDir, abort, warn
+from .common import pairs as _pairs
+from .common import print_json as _print_json
+from .common import table as _table
 from .completion import complete_certificates
 
 if TYPE_CHECKING:  # the store pulls in cryptography: imported when a command runs
@@ -31,25 +33,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-StateDir = Annotated[
-    Path | None,
-    typer.Option("--state-dir", envvar=paths.ENV_STATE_DIR, show_default=False,
-                 help="State directory holding the store (default /var/lib/ssa as root, "
-                      "else $XDG_STATE_HOME/ssa)."),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
 
 # -- output ------------------------------------------------------------------------------
-def abort(message: str) -> NoReturn:
-    typer.echo(f"ssa-admin: {message}", err=True)
-    raise typer.Exit(code=1)
-
-
-def warn(message: str) -> None:
-    typer.echo(f"ssa-admin: warning: {message}", err=True)
-
-
 @contextlib.contextmanager
 def store_errors() -> Iterator[None]:
     """Turn any store or file error into one line and exit status 1."""
@@ -62,43 +47,6 @@ def store_errors() -> Iterator[None]:
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         abort(f"{where}{exc.strerror or exc}")
-
-
-def _print_json(doc: Any) -> None:
-    typer.echo(json.dumps(doc, indent=2))
-
-
-def _table(title: str | None, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A rich table on a terminal; plain aligned columns (no colour, no box) otherwise."""
-    if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title)
-        for h in headers:
-            table.add_column(h)
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
-        return
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-    for line in (headers, *rows):
-        typer.echo("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-
-
-def _pairs(pairs: Sequence[tuple[str, str]]) -> None:
-    if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(show_header=False, box=None)
-        for key, value in pairs:
-            table.add_row(f"[bold]{key}[/bold]", value)
-        Console().print(table)
-        return
-    width = max(len(k) for k, _ in pairs)
-    for key, value in pairs:
-        typer.echo(f"{key + ':':<{width + 1}} {value}".rstrip())
 
 
 # -- the data shown ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .cert import Json, abort
+from .common import Json, abort
 
 #: how many distinct error texts to show per program
 TOP_FAILURES = 5
