@@ -28,7 +28,7 @@ from ssa_engine.store import AcmeMeta, Store, Version, ari_cert_id, load_materia
 from .accounts import Account
 from .client import Acme
 from .errors import AcmeError, ChallengeError, explain_challenge
-from .responders import Responder
+from .responders import Responder  # also registers the tls-alpn-01 challenge type
 
 Progress = Callable[[str, str], None]
 
@@ -157,7 +157,8 @@ def prove_control(acme: Acme, account: Account, order: messages.OrderResource,
         ident = _identifier_of(authzr)
         offered = [c for c in authzr.body.challenges if c.chall.typ == responder.challenge_type]
         if not offered:
-            kinds = ", ".join(sorted({c.chall.typ for c in authzr.body.challenges}))
+            kinds = ", ".join(sorted({str(c.to_partial_json().get("type"))
+                                      for c in authzr.body.challenges}))
             hint = " (wildcard names need dns-01)" if ident.startswith("*.") else ""
             raise ChallengeError(f"{ident}: the CA offers no {responder.challenge_type} "
                                  f"challenge{hint}; it offers {kinds}")
@@ -181,13 +182,26 @@ def prove_control(acme: Acme, account: Account, order: messages.OrderResource,
             bad = [c for c in failed.body.challenges if c.error is not None] or \
                 failed.body.challenges
             for c in bad:
-                lines.append(explain_challenge(c.to_partial_json(), ident))
+                lines.append(explain_challenge(_raw_challenge(acme, c), ident))
         raise AcmeError("\n".join(lines) or "validation failed") from None
     except acme_errors.TimeoutError:
         raise AcmeError(f"the CA did not finish validating within {VALIDATION_TIMEOUT} s") from None
     for authzr in order.authorizations:
         progress("validated", _identifier_of(authzr))
     return order
+
+
+def _raw_challenge(acme: Acme, challb: messages.ChallengeBody) -> dict[str, Any]:
+    """The challenge as the CA wrote it, with its validationRecord (the acme library
+    drops that field): what the CA fetched and which address it used."""
+    try:
+        doc = acme.client._post_as_get(challb.uri).json()  # noqa: SLF001
+        if isinstance(doc, dict):
+            return doc
+    except Exception:  # noqa: BLE001 - the explanation is best effort
+        pass
+    doc = challb.to_json()
+    return doc if isinstance(doc, dict) else {}
 
 
 def choose_chain(default: str, alternatives: Sequence[str], preferred: str | None) -> str:

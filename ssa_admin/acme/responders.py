@@ -221,6 +221,22 @@ def tls_alpn_certificate(identifier: str, key_authorization: str
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
+@challenges.ChallengeResponse.register
+class TLSALPN01Response(challenges.KeyAuthorizationChallengeResponse):
+    """RFC 8737 response (the acme library dropped tls-alpn-01 support)."""
+
+    typ = "tls-alpn-01"
+
+
+@challenges.Challenge.register
+class TLSALPN01(challenges.KeyAuthorizationChallenge):
+    response_cls = TLSALPN01Response
+    typ = response_cls.typ
+
+    def validation(self, account_key: jose.JWK, **unused_kwargs: Any) -> str:
+        return self.key_authorization(account_key)
+
+
 def key_authorization(challb: Any, account_key: jose.JWK) -> str:
     return str(challb.chall.key_authorization(account_key))
 

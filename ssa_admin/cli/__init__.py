@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import cert as _cert
+from . import cert_acme as _cert_acme
 from . import policy as _policy
 from . import profile as _profile
 from . import reload as _reload
@@ -19,6 +20,7 @@ app = typer.Typer(
 app.command("status")(_status.status)
 app.command("report")(_report.report)
 app.add_typer(_cert.app, name="cert")
+_cert.app.command("issue")(_cert_acme.issue)
 app.add_typer(_profile.app, name="profile")
 app.add_typer(_policy.app, name="policy")
 app.command("reload")(_reload.reload)

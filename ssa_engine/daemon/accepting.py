@@ -23,7 +23,7 @@ from ..protocol import (
     Ok,
 )
 from ..protocol.states import Request, SocketState
-from ..store import StoreError
+from ..store import NotFound, StoreError
 from .auditing import connection_record
 from .listener import Listener
 from .options import ApiError, SocketOptions, Unexpected, apply_tcp_option, socket_ids
@@ -222,16 +222,32 @@ class ServerSide:
         log.info("%s: serving the store's current certificates", self._who())
 
     def _store_credentials(self, policy: Policy) -> tuple[Credentials, ...]:
-        """The administrator's certificates for this program, from the store."""
+        """The administrator's certificates for this program, from the store.
+
+        A name the store does not have yet (a certificate still to be issued)
+        is skipped with a warning as long as another one can be served; the
+        store watcher adds it to the listener once it arrives. A damaged
+        entry is an error.
+        """
         found = []
+        missing = []
         for name in policy.server_certificates:
             try:
                 entry = self.engine.store.current(name)
                 chain = parse_certificates(entry.fullchain_pem, f"store certificate {name}")
                 found.append(make_credentials(chain, parse_private_key(entry.key_pem)))
+            except NotFound as exc:
+                missing.append((name, exc))
             except (StoreError, CredentialError) as exc:
                 raise ApiError(errno.EPROTO, f"certificate {name!r} from the store, named in "
                                f"the {policy.source}: {exc}") from None
+        if missing and not found:
+            name, exc = missing[0]
+            raise ApiError(errno.EPROTO, f"certificate {name!r} from the store, named in "
+                           f"the {policy.source}: {exc}")
+        for name, _ in missing:
+            log.warning("%s: certificate %r is not in the store yet; serving the others",
+                        self._who(), name)
         return tuple(found)
 
     def audit_accept(self, conn: SSL.Connection | None, local: object, remote: object,
