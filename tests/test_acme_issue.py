@@ -330,3 +330,22 @@ def test_tls_alpn01_through_a_live_engine_listener(pebble, engine_factory, monke
         for c in accepted:
             c.close()
         time.sleep(0)
+
+
+def test_bad_nonces_and_a_preferred_chain(tmp_path) -> None:
+    """Pebble rejecting half the nonces (certbot gives up after one retry), and
+    alternate roots: --preferred-chain picks the chain by its top issuer's CN."""
+    from .acme_server import require_pebble, start_pebble
+
+    require_pebble()
+    (tmp_path / "pebble").mkdir()
+    with start_pebble(tmp_path / "pebble", nonce_reject=50, alternate_roots=1) as server:
+        roots = [x509.load_pem_x509_certificate(server.roots_pem(n).encode()) for n in (0, 1)]
+        cn = roots[1].subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+        state = tmp_path / "state"
+        res = issue(server, state, "nonce.test", extra=("--preferred-chain", str(cn)))
+        assert res.returncode == 0, res.stderr
+        leaf, chain, _ = current(state, "nonce.test")
+        assert chain[-1].issuer == roots[1].subject  # the alternate chain was chosen
+        PolicyBuilder().store(Store([roots[1]])).build_server_verifier(
+            x509.DNSName("nonce.test")).verify(leaf, chain)
