@@ -6,6 +6,7 @@ import typer
 
 from . import cert as _cert
 from . import cert_acme as _cert_acme
+from . import pin as _pin
 from . import policy as _policy
 from . import profile as _profile
 from . import reload as _reload
@@ -24,6 +25,7 @@ _cert.app.command("issue")(_cert_acme.issue)
 app.add_typer(_profile.app, name="profile")
 app.add_typer(_policy.app, name="policy")
 app.command("reload")(_reload.reload)
+app.add_typer(_pin.app, name="pin")
 
 
 def main() -> None:
