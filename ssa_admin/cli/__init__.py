@@ -6,6 +6,7 @@ import typer
 
 from . import cert as _cert
 from . import cert_acme as _cert_acme
+from . import cert_renew as _cert_renew
 from . import pin as _pin
 from . import policy as _policy
 from . import profile as _profile
@@ -22,6 +23,9 @@ app.command("status")(_status.status)
 app.command("report")(_report.report)
 app.add_typer(_cert.app, name="cert")
 _cert.app.command("issue")(_cert_acme.issue)
+_cert.app.command("renew")(_cert_renew.renew)
+_cert.app.command("revoke")(_cert_renew.revoke)
+_cert.app.command("delete")(_cert_renew.delete)
 app.add_typer(_profile.app, name="profile")
 app.add_typer(_policy.app, name="policy")
 app.command("reload")(_reload.reload)
