@@ -165,8 +165,24 @@ class Acme:
                 raise NetworkError(f"{context}: cannot reach the CA ({_reason(exc)})") from None
             except OSError as exc:  # e.g. --ca-bundle names an unreadable file
                 raise NetworkError(f"{context}: {exc}") from None
+            except acme_errors.ConflictError:
+                # the library drops the problem document of a 409 (e.g. alreadyReplaced)
+                problem = _problem_of(self.net.last_response)
+                if problem is not None:
+                    raise ProblemError(problem, context) from None
+                raise NetworkError(f"{context}: the CA answered 409 Conflict") from None
             except acme_errors.ClientError as exc:
                 raise NetworkError(f"{context}: {exc}") from None
+
+
+def _problem_of(response: requests.Response | None) -> dict[str, Any] | None:
+    if response is None:
+        return None
+    try:
+        doc = response.json()
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and "type" in doc else None
 
 
 def _reason(exc: BaseException) -> str:
