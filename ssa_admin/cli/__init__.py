@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from . import account as _account
 from . import cert as _cert
 from . import cert_acme as _cert_acme
 from . import cert_renew as _cert_renew
@@ -22,6 +23,7 @@ app = typer.Typer(
 app.command("status")(_status.status)
 app.command("report")(_report.report)
 app.add_typer(_cert.app, name="cert")
+app.add_typer(_account.app, name="account")
 _cert.app.command("issue")(_cert_acme.issue)
 _cert.app.command("renew")(_cert_renew.renew)
 _cert.app.command("revoke")(_cert_renew.revoke)
