@@ -9,6 +9,7 @@ missing=()
 for tool in openssl curl; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+command -v knotd >/dev/null 2>&1 || [ -x /usr/sbin/knotd ] || missing+=(knot)  # the RFC 2136 tests' DNS server
 if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]} with apt-get" >&2
     SUDO=""

@@ -210,8 +210,12 @@ class PebbleServer:
     def __init__(self, workdir: Path, *, eab_keys: dict[str, str] | None, nonce_reject: int,
                  authz_reuse: int, retry_after: tuple[int, int],
                  profiles: dict[str, dict[str, Any]], chain_length: int, alternate_roots: int,
-                 key_algorithm: str, extra_env: dict[str, str] | None) -> None:
+                 key_algorithm: str, extra_env: dict[str, str] | None,
+                 dns_server: str | None = None) -> None:
         self.version = require_pebble()
+        #: Pebble's resolver when not challtestsrv ("HOST:PORT", e.g. a test's authoritative
+        #: server); the set_dns_*/add_dns01/resolve_* helpers still talk to challtestsrv
+        self.dns_server = dns_server
         self.workdir = workdir
         self.profiles = profiles
         self.eab_keys = dict(eab_keys or {})
@@ -301,7 +305,8 @@ class PebbleServer:
         }
         self.config_path.write_text(json.dumps({"pebble": config}, indent=2))
         pebble = self._spawn([str(PEBBLE_BIN), "-config", str(self.config_path),
-                              "-dnsserver", f"127.0.0.1:{self.dns_port}"], self.pebble_log)
+                              "-dnsserver", self.dns_server or f"127.0.0.1:{self.dns_port}"],
+                             self.pebble_log)
         self._wait(pebble, self.pebble_log, self._pebble_ready)
 
     def _wait(self, proc: subprocess.Popen[bytes], log: Path, ready: Callable[[], bool],
@@ -481,7 +486,8 @@ def start_pebble(workdir: Path, *, eab_keys: dict[str, str] | None = None, nonce
                  authz_reuse: int = 0, retry_after: tuple[int, int] = (0, 0),
                  profiles: dict[str, dict[str, Any]] | None = None, chain_length: int = 1,
                  alternate_roots: int = 0, key_algorithm: str = "ecdsa",
-                 extra_env: dict[str, str] | None = None) -> Iterator[PebbleServer]:
+                 extra_env: dict[str, str] | None = None,
+                 dns_server: str | None = None) -> Iterator[PebbleServer]:
     """Run a Pebble (and its challtestsrv) in workdir for the duration of the block.
 
     nonce_reject: percentage of good nonces Pebble rejects as badNonce
@@ -489,12 +495,14 @@ def start_pebble(workdir: Path, *, eab_keys: dict[str, str] | None = None, nonce
     of orders that reuse a valid authorization (PEBBLE_AUTHZREUSE; Pebble's
     default 50 would make challenge counts random). retry_after: the Retry-After
     seconds Pebble sends on (authz, order) polls, 0 = none. key_algorithm: of
-    Pebble's root and intermediates, "ecdsa" or "rsa".
+    Pebble's root and intermediates, "ecdsa" or "rsa". dns_server: "HOST:PORT" of
+    the DNS server Pebble resolves every name with, instead of its challtestsrv.
     """
     server = PebbleServer(
         workdir, eab_keys=eab_keys, nonce_reject=nonce_reject, authz_reuse=authz_reuse,
         retry_after=retry_after, profiles=profiles or DEFAULT_PROFILES, chain_length=chain_length,
-        alternate_roots=alternate_roots, key_algorithm=key_algorithm, extra_env=extra_env)
+        alternate_roots=alternate_roots, key_algorithm=key_algorithm, extra_env=extra_env,
+        dns_server=dns_server)
     try:
         yield server
     finally:

@@ -87,7 +87,12 @@ def _close(reporter: Reporter | None) -> None:
 
 
 def make_responder(challenge: str, *, http_port: int, tls_port: int, webroot: Path | None,
-                   dns_hook: str | None, engine_socket: Path | None) -> Any:
+                   dns_hook: str | None, engine_socket: Path | None,
+                   dns_server: str | None = None, dns_zone: str | None = None,
+                   dns_tsig_key: Path | None = None, dns_propagation_timeout: float = 60.0,
+                   identifiers: list[str] | None = None) -> Any:
+    """The responder for ``challenge``; ``identifiers`` lets an RFC 2136 responder check
+    its key and the server's update policy for each name before the order is placed."""
     from ssa_admin.acme import responders
 
     if challenge == "http-01":
@@ -101,8 +106,19 @@ def make_responder(challenge: str, *, http_port: int, tls_port: int, webroot: Pa
             return TlsAlpn01Engine(engine_socket, tls_port)
         return responders.TlsAlpn01Standalone(tls_port)
     if challenge == "dns-01":
+        if dns_server and dns_hook:
+            abort("--dns-server (RFC 2136) and --dns-hook both answer dns-01; pick one", 2)
+        if dns_server:
+            from ssa_admin.acme.rfc2136 import Dns01Rfc2136, load_tsig_key
+
+            key = load_tsig_key(dns_tsig_key, warn) if dns_tsig_key else None
+            return Dns01Rfc2136(dns_server, key, zone=dns_zone,
+                                propagation_timeout=dns_propagation_timeout,
+                                names=identifiers or (), warn=warn)
         if not dns_hook:
-            abort("dns-01 needs --dns-hook COMMAND (it adds and removes the TXT records)", 2)
+            abort("dns-01 needs --dns-server HOST[:PORT] with --dns-tsig-key FILE (RFC 2136 "
+                  "dynamic update), or --dns-hook COMMAND (it adds and removes the TXT records)",
+                  2)
         return responders.Dns01Hook(dns_hook, warn)
     abort(f"--challenge: one of {', '.join(CHALLENGES)}", 2)
 
@@ -144,6 +160,19 @@ def issue(
     dns_hook: Annotated[str | None, typer.Option("--dns-hook", help="Command that adds/removes "
                                                  "the dns-01 TXT record.",
                                                  show_default=False)] = None,
+    dns_server: Annotated[str | None, typer.Option(
+        "--dns-server", help="dns-01 by RFC 2136 dynamic update: the zone's primary DNS "
+        "server, HOST[:PORT].", show_default=False)] = None,
+    dns_zone: Annotated[str | None, typer.Option(
+        "--dns-zone", help="The zone to update (default: found by SOA lookups on "
+        "--dns-server).", show_default=False)] = None,
+    dns_tsig_key: Annotated[Path | None, typer.Option(
+        "--dns-tsig-key", help='TSIG key file: BIND\'s key "NAME" { algorithm ...; secret '
+        '"..."; }; (tsig-keygen), Knot\'s (keymgr -t) or NAME:ALGORITHM:SECRET.',
+        show_default=False)] = None,
+    dns_propagation_timeout: Annotated[float, typer.Option(
+        "--dns-propagation-timeout", help="Seconds to wait until every authoritative "
+        "server answers the new TXT records (polled, 0: do not wait).")] = 60.0,
     cert_name: Annotated[str | None, typer.Option("--cert-name", help="Store name (default: "
                                                   "the first name).", show_default=False,
                                                   autocompletion=complete_certificates)] = None,
@@ -185,6 +214,30 @@ def issue(
         abort(f"--key-type: one of {', '.join(KEY_TYPES)}", 2)
     if webroot is not None and challenge != "http-01":
         abort("--webroot answers http-01 only", 2)
+    if (dns_server or dns_zone or dns_tsig_key) and challenge != "dns-01":
+        abort("--dns-server, --dns-zone and --dns-tsig-key answer dns-01 only "
+              "(add --challenge dns-01)", 2)
+    if (dns_zone or dns_tsig_key) and not dns_server:
+        abort("--dns-zone and --dns-tsig-key go with --dns-server HOST[:PORT]", 2)
+    if challenge == "dns-01" and bool(dns_server) == bool(dns_hook):
+        abort("--dns-server (RFC 2136) and --dns-hook both answer dns-01; pick one" if dns_hook
+              else "dns-01 needs --dns-server HOST[:PORT] with --dns-tsig-key FILE (RFC 2136 "
+              "dynamic update), or --dns-hook COMMAND (it adds and removes the TXT records)", 2)
+    if dns_propagation_timeout < 0:
+        abort("--dns-propagation-timeout: seconds, 0 or more", 2)
+    if dns_server:
+        from ssa_admin.acme.errors import ChallengeError
+        from ssa_admin.acme.rfc2136 import load_tsig_key, parse_server
+
+        try:
+            parse_server(dns_server)
+        except ChallengeError as exc:
+            abort(str(exc), 2)
+        if dns_tsig_key is not None:
+            try:
+                load_tsig_key(dns_tsig_key)  # a bad key file stops us before the CA is asked
+            except ChallengeError as exc:
+                abort(str(exc))
     try:
         identifiers = normalize_identifiers(names)
         name = validate_name(cert_name or identifiers[0].removeprefix("*."))
@@ -204,7 +257,11 @@ def issue(
         with acme:
             reporter("account", account.uri)
             responder = make_responder(challenge, http_port=http_port, tls_port=tls_port,
-                                       webroot=webroot, dns_hook=dns_hook, engine_socket=socket)
+                                       webroot=webroot, dns_hook=dns_hook, engine_socket=socket,
+                                       dns_server=dns_server, dns_zone=dns_zone,
+                                       dns_tsig_key=dns_tsig_key,
+                                       dns_propagation_timeout=dns_propagation_timeout,
+                                       identifiers=identifiers)
             request = IssueRequest(identifiers, name, key_type, profile, preferred_chain,
                                    deploy_hooks=tuple(deploy_hook or ()),
                                    ca_bundle=str(ca_bundle.resolve()) if ca_bundle else None)
