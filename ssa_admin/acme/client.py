@@ -74,6 +74,22 @@ class _Network(acme_client.ClientNetwork):
         self.last_response = response
         return super()._check_response(response, content_type=content_type)
 
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        """POST, retrying a rejected nonce per request (the library retries once).
+
+        RFC 8555 section 6.5: a badNonce error carries a fresh nonce, so the
+        retry is safe; retrying here rather than around a whole operation
+        keeps a poll loop (finalize) from starting over.
+        """
+        for _ in range(MAX_BAD_NONCE):
+            try:
+                return self._post_once(*args, **kwargs)
+            except messages.Error as error:
+                if error.code != "badNonce":
+                    raise
+                log.debug("badNonce, retrying the request")
+        return self._post_once(*args, **kwargs)
+
 
 def retry_after(response: requests.Response | None, now: dt.datetime | None = None
                 ) -> dt.datetime | None:
@@ -156,7 +172,8 @@ class Acme:
                     f"{context}: the CA's TLS certificate is not trusted ({_reason(exc)}); "
                     "for a private ACME server pass --ca-bundle FILE with its CA") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                if waited + backoff <= min(self.max_wait, 30.0):
+                # a refused connection is not worth much waiting: 1 + 2 s at most
+                if waited + backoff <= min(self.max_wait, 3.0):
                     log.info("%s: %s, retrying in %.0f s", context, _reason(exc), backoff)
                     self.sleep(backoff)
                     waited += backoff
