@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # the store pulls in cryptography: imported when a command ru
 
 app = typer.Typer(
     name="cert",
-    help="Certificates in the store: import, list, show.",
+    help="Certificates: issue (ACME), renew, revoke, import, list, show, delete.",
     no_args_is_help=True,
 )
 
