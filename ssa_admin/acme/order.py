@@ -9,7 +9,6 @@ lock, so a killed issuance leaves the store as it was.
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from ssa_engine.store import AcmeMeta, Store, Version, ari_cert_id, load_material
 
+from . import polling
 from .accounts import Account
 from .client import Acme
 from .errors import AcmeError, ChallengeError, explain_challenge
@@ -171,10 +171,8 @@ def prove_control(acme: Acme, account: Account, order: messages.OrderResource,
                   context=f"{_identifier_of(authzr)}: answering the challenge")
     if pending:
         progress("validation", f"waiting for the CA to validate {len(pending)} name(s)")
-    deadline = dt.datetime.now() + dt.timedelta(seconds=VALIDATION_TIMEOUT)
     try:
-        order = acme.call(acme.client.poll_authorizations, order, deadline,
-                          context="waiting for validation")
+        order = polling.wait_for_authorizations(acme, order, VALIDATION_TIMEOUT)
     except acme_errors.ValidationError as exc:
         lines = []
         for failed in exc.failed_authzrs:
@@ -237,11 +235,9 @@ def issue(acme: Acme, account: Account, responder: Responder, request: IssueRequ
         finally:
             responder.stop()
         progress("finalize", "sending the certificate request")
-        deadline = dt.datetime.now() + dt.timedelta(seconds=ISSUANCE_TIMEOUT)
         try:
-            order = acme.call(acme.client.finalize_order, order, deadline,
-                              fetch_alternative_chains=bool(request.preferred_chain),
-                              context="finalizing the order")
+            order = polling.finalize(acme, order, ISSUANCE_TIMEOUT,
+                                     alternatives=bool(request.preferred_chain))
         except acme_errors.IssuanceError as exc:
             raise AcmeError(f"the CA refused to issue: {exc}") from None
         except acme_errors.TimeoutError:
