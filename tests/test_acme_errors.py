@@ -47,3 +47,8 @@ def test_failed_challenge_shows_what_the_ca_saw() -> None:
 def test_unknown_problem_type_is_still_readable() -> None:
     assert explain({"type": "about:blank", "detail": "odd"}) == "about:blank: odd"
     assert explain({}) == "error"
+
+
+def test_a_deactivated_account_is_not_a_failed_proof() -> None:
+    text = explain({"type": P + "unauthorized", "detail": "Account has been deactivated"})
+    assert "account register" in text and "proof of control" not in text

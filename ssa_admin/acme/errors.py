@@ -94,6 +94,9 @@ def explain(problem: Mapping[str, Any], context: str = "",
     head = f"{context}: " if context else ""
     lines = [f"{head}{kind or 'error'}: {detail}" if detail else f"{head}{kind or 'error'}"]
     advice = ADVICE.get(kind)
+    if kind == "unauthorized" and "deactivated" in detail.lower():
+        advice = ("the account is deactivated; register a new one with "
+                  "`ssa-admin account register`")
     if advice:
         lines.append(f"  what to do: {advice}")
     if kind == "rateLimited" and retry_after is not None:
