@@ -46,10 +46,11 @@ def test_state_and_direction_errors(pki, ssl_server) -> None:
             with pytest.raises(OSError) as e5:
                 s.setsockopt(IPPROTO_TLS, opt, value)
             assert e5.value.errno == errno.EINVAL, (opt, value)
-        # TCP_UPGRADE_TLS never reaches the kernel as TCP_FASTOPEN_KEY
+        # TCP_UPGRADE_TLS never reaches the kernel as TCP_FASTOPEN_KEY; a TLS
+        # socket is TLS already (tests/test_starttls.py upgrades plain ones)
         with pytest.raises(OSError) as e6:
             s.setsockopt(socket.IPPROTO_TCP, ssa_engine.TCP_UPGRADE_TLS, b"example.com")
-        assert e6.value.errno == errno.ENOPROTOOPT
+        assert e6.value.errno == errno.EISCONN
         assert s.getsockopt(IPPROTO_TLS, ssa_engine.TLS_ID) > 0
         s.setsockopt(IPPROTO_TLS, ssa_engine.TLS_TRUSTED_PEER_CERTIFICATES, pki.ca.pem)
         s.connect(("localhost", srv.port))

@@ -23,6 +23,7 @@ from ssa_engine.protocol import (
     MAX_STRING,
     REQUEST_TYPES,
     Accepted,
+    AcmeChallenge,
     Bind,
     Bound,
     Closed,
@@ -38,12 +39,12 @@ from ssa_engine.protocol import (
     Message,
     MessageType,
     Ok,
-    AcmeChallenge,
     ReloadRequest,
     SetSockOpt,
     SocketRequest,
     StatusReply,
     StatusRequest,
+    Upgrade,
     decode_payload,
     encode,
 )
@@ -73,6 +74,7 @@ SAMPLES: list[Message] = [
     Connect(host="www.example.com", port=443, filler=2068160),
     Bind(host="::1", port=8443),
     Listen(backlog=4096),
+    Upgrade(host="mail.example.com"),
     StatusRequest(),
     ReloadRequest(),
     AcmeChallenge(host="example.com", port=443, value=b"PEM"),
@@ -95,6 +97,7 @@ MINIMAL: list[Message] = [
     Connect(host="h", port=1),
     Bind(host="", port=0),
     Listen(backlog=0),
+    Upgrade(host=""),  # the server role
     Bound(local_host="0.0.0.0", local_port=1),
     Accepted(socket_id=0, local_host="", local_port=0, peer_host="", peer_port=0),
     HelloOk(version=1),
@@ -469,8 +472,8 @@ def test_message_type_ranges() -> None:
     # 48+ events and admin replies
     requests = {MessageType.HELLO, MessageType.SOCKET, MessageType.SETSOCKOPT,
                 MessageType.GETSOCKOPT, MessageType.CONNECT, MessageType.BIND,
-                MessageType.LISTEN, MessageType.STATUS, MessageType.RELOAD,
-                MessageType.ACME_CHALLENGE}
+                MessageType.LISTEN, MessageType.UPGRADE, MessageType.STATUS,
+                MessageType.RELOAD, MessageType.ACME_CHALLENGE}
     assert {t for t in MessageType if t < 32} == requests
     assert {t for t in MessageType if 32 <= t < 48} == {
         MessageType.HELLO_OK, MessageType.OK, MessageType.ERROR, MessageType.CONNECTED,
@@ -478,21 +481,25 @@ def test_message_type_ranges() -> None:
     assert {t for t in MessageType if t >= 48} == {MessageType.CLOSED, MessageType.STATUS_REPLY}
     assert int(MessageType.CONNECT_FAILED) == 36
     assert MESSAGE_TYPES[MessageType.CONNECT_FAILED] is ConnectFailed
-    numbers = {MessageType.BIND: 6, MessageType.LISTEN: 7, MessageType.BOUND: 37,
-               MessageType.ACCEPTED: 38}
+    numbers = {MessageType.BIND: 6, MessageType.LISTEN: 7, MessageType.UPGRADE: 8,
+               MessageType.BOUND: 37, MessageType.ACCEPTED: 38}
     for t, number in numbers.items():
         assert int(t) == number
     assert MESSAGE_TYPES[MessageType.BIND] is Bind
     assert MESSAGE_TYPES[MessageType.LISTEN] is Listen
     assert MESSAGE_TYPES[MessageType.BOUND] is Bound
     assert MESSAGE_TYPES[MessageType.ACCEPTED] is Accepted
+    assert MESSAGE_TYPES[MessageType.UPGRADE] is Upgrade
 
 
 def test_fd_counts() -> None:
-    # docs section 7: CONNECT and LISTEN carry 1 descriptor, ACCEPTED 2, nothing else any
+    # docs section 7: CONNECT and LISTEN carry 1 descriptor, UPGRADE and ACCEPTED 2,
+    # nothing else any
     counts = {t: MESSAGE_TYPES[t].FD_COUNT for t in MessageType}
     assert {t: n for t, n in counts.items() if n} == {
-        MessageType.CONNECT: 1, MessageType.LISTEN: 1, MessageType.ACCEPTED: 2}
+        MessageType.CONNECT: 1, MessageType.LISTEN: 1, MessageType.UPGRADE: 2,
+        MessageType.ACCEPTED: 2}
+    assert Upgrade.FD_COUNT == 2
     assert Connect.FD_COUNT == Listen.FD_COUNT == 1
     assert Accepted.FD_COUNT == 2
     assert Bind.FD_COUNT == Bound.FD_COUNT == Message.FD_COUNT == 0
@@ -585,6 +592,7 @@ def test_every_request_has_documented_answers() -> None:
         assert all(r >= 32 for r in replies)
         assert replies & {MessageType.ERROR, MessageType.CONNECT_FAILED}  # every request can fail
     assert answers[MessageType.CONNECT] == {MessageType.CONNECTED, MessageType.CONNECT_FAILED}
+    assert answers[MessageType.UPGRADE] == answers[MessageType.CONNECT]
     assert answers[MessageType.STATUS] >= {MessageType.STATUS_REPLY}
     assert answers[MessageType.BIND] == {MessageType.BOUND, MessageType.ERROR}
     assert answers[MessageType.LISTEN] == {MessageType.BOUND, MessageType.ERROR}
@@ -604,10 +612,14 @@ def test_events_never_answer_a_request() -> None:
 def test_deferred_connect_reply_is_distinguishable() -> None:
     # Replies to requests sent while CONNECTING may come before or after the
     # CONNECT reply: the frame types that can answer CONNECT must therefore
-    # be disjoint from those that answer any other request.
+    # be disjoint from those that answer any other request. UPGRADE shares
+    # them: it is a CONNECT on the application's TCP socket, and a socket has
+    # at most one of the two outstanding (both only in state CREATED).
     answers = _doc_answers()
-    others = set().union(*(v for k, v in answers.items() if k is not MessageType.CONNECT))
+    deferred = (MessageType.CONNECT, MessageType.UPGRADE)
+    others = set().union(*(v for k, v in answers.items() if k not in deferred))
     assert not answers[MessageType.CONNECT] & others
+    assert not answers[MessageType.UPGRADE] & others
 
 
 def test_doc_message_field_tables_match_the_dataclasses() -> None:
@@ -763,7 +775,7 @@ def test_max_string_is_one_constant_everywhere() -> None:
 
 
 def test_unknown_message_type() -> None:
-    for msg_type in (0, 8, 15, 19, 31, 39, 47, 50, 0xFFFF):
+    for msg_type in (0, 9, 15, 19, 31, 39, 47, 50, 0xFFFF):
         with pytest.raises(UnknownMessage):
             decode_one(frame(msg_type))
         with pytest.raises(UnknownMessage):
@@ -771,7 +783,7 @@ def test_unknown_message_type() -> None:
 
 
 @pytest.mark.parametrize("length", [0, 1000, MAX_PAYLOAD])
-@pytest.mark.parametrize("msg_type", [0, 8, 39, 999, 0xFFFF])
+@pytest.mark.parametrize("msg_type", [0, 9, 39, 999, 0xFFFF])
 def test_unknown_type_refused_as_soon_as_the_header_arrives(msg_type: int, length: int) -> None:
     # no payload is buffered (nor waited for) for a type that cannot be decoded
     header = frame(msg_type, length=length)

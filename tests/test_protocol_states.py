@@ -77,37 +77,37 @@ SPEC: dict[SocketState, dict[Request, SocketState | int]] = {
         R.SET_TLS_OPTION: S.CREATED, R.SET_TCP_OPTION: S.CREATED,
         R.GET_CONFIG_OPTION: S.CREATED, R.GET_CONNECTION_OPTION: errno.EOPNOTSUPP,
         R.GET_ERROR: S.CREATED, R.CONNECT: S.CONNECTING,
-        R.BIND: S.CREATED, R.LISTEN: S.LISTENING,
+        R.BIND: S.CREATED, R.LISTEN: S.LISTENING, R.UPGRADE: S.CONNECTING,
     },
     S.CONNECTING: {
         R.SET_TLS_OPTION: errno.EALREADY, R.SET_TCP_OPTION: S.CONNECTING,
         R.GET_CONFIG_OPTION: S.CONNECTING, R.GET_CONNECTION_OPTION: errno.EOPNOTSUPP,
         R.GET_ERROR: S.CONNECTING, R.CONNECT: errno.EALREADY,
-        R.BIND: errno.EINVAL, R.LISTEN: errno.EOPNOTSUPP,
+        R.BIND: errno.EINVAL, R.LISTEN: errno.EOPNOTSUPP, R.UPGRADE: errno.EALREADY,
     },
     S.CONNECTED: {
         R.SET_TLS_OPTION: errno.EISCONN, R.SET_TCP_OPTION: S.CONNECTED,
         R.GET_CONFIG_OPTION: S.CONNECTED, R.GET_CONNECTION_OPTION: S.CONNECTED,
         R.GET_ERROR: S.CONNECTED, R.CONNECT: errno.EISCONN,
-        R.BIND: errno.EINVAL, R.LISTEN: errno.EOPNOTSUPP,
+        R.BIND: errno.EINVAL, R.LISTEN: errno.EOPNOTSUPP, R.UPGRADE: errno.EISCONN,
     },
     S.CLOSED: {
         R.SET_TLS_OPTION: errno.EISCONN, R.SET_TCP_OPTION: S.CLOSED,
         R.GET_CONFIG_OPTION: S.CLOSED, R.GET_CONNECTION_OPTION: S.CLOSED,
         R.GET_ERROR: S.CLOSED, R.CONNECT: errno.EISCONN,
-        R.BIND: errno.EINVAL, R.LISTEN: errno.EOPNOTSUPP,
+        R.BIND: errno.EINVAL, R.LISTEN: errno.EOPNOTSUPP, R.UPGRADE: errno.EISCONN,
     },
     S.LISTENING: {
         R.SET_TLS_OPTION: errno.EOPNOTSUPP, R.SET_TCP_OPTION: S.LISTENING,
         R.GET_CONFIG_OPTION: S.LISTENING, R.GET_CONNECTION_OPTION: errno.EOPNOTSUPP,
         R.GET_ERROR: S.LISTENING, R.CONNECT: errno.EOPNOTSUPP,
-        R.BIND: errno.EINVAL, R.LISTEN: S.LISTENING,
+        R.BIND: errno.EINVAL, R.LISTEN: S.LISTENING, R.UPGRADE: errno.EOPNOTSUPP,
     },
     S.BROKEN: {
         R.SET_TLS_OPTION: errno.EBADFD, R.SET_TCP_OPTION: errno.EBADFD,
         R.GET_CONFIG_OPTION: errno.EBADFD, R.GET_CONNECTION_OPTION: errno.EBADFD,
         R.GET_ERROR: S.BROKEN, R.CONNECT: errno.EBADFD,
-        R.BIND: errno.EBADFD, R.LISTEN: errno.EBADFD,
+        R.BIND: errno.EBADFD, R.LISTEN: errno.EBADFD, R.UPGRADE: errno.EBADFD,
     },
 }
 
@@ -189,7 +189,7 @@ def test_only_connect_and_listen_change_the_state(state: SocketState, request: R
     if check(state, request) is not None:
         return
     after = next_state(state, request)
-    if request is R.CONNECT:
+    if request in (R.CONNECT, R.UPGRADE):  # UPGRADE: a CONNECT on the app's TCP socket
         assert (state, after) == (S.CREATED, S.CONNECTING)
     elif request is R.LISTEN:
         assert after is S.LISTENING
@@ -295,7 +295,7 @@ def test_request_sequences_from_created(requests: list[Request]) -> None:
         err = check(state, request)
         if err is None:
             new = next_state(state, request)
-            connects += request is R.CONNECT
+            connects += request in (R.CONNECT, R.UPGRADE)
             listens += request is R.LISTEN and state is S.CREATED
             assert new is not S.CREATED or state is S.CREATED
             state = new
@@ -303,7 +303,7 @@ def test_request_sequences_from_created(requests: list[Request]) -> None:
             assert err in ERRNO_MEANINGS
             with pytest.raises(ValueError):  # a refused request has no next state
                 next_state(state, request)
-    assert connects + listens <= 1  # a socket either connects or listens, once
+    assert connects + listens <= 1  # a socket either connects (or upgrades) or listens, once
     # requests alone never finish a connect, and a listener stays a listener
     assert state in (S.CREATED, S.CONNECTING, S.LISTENING)
     assert connects == (state is S.CONNECTING)

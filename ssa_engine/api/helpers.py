@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket as _socket
 from collections.abc import Sequence
@@ -9,6 +10,8 @@ from typing import Any
 
 from ..protocol import options as opt
 from .constants import (
+    IPPROTO_TCP,
+    TCP_UPGRADE_TLS,
     TLS_ALPN,
     TLS_CERTIFICATE_CHAIN,
     TLS_PRIVATE_KEY,
@@ -119,3 +122,57 @@ def create_server(
         sock.close()
         raise
     return sock
+
+
+def upgrade(
+    sock: _socket.socket,
+    *,
+    hostname: str | None = None,
+    server_side: bool = False,
+    cafile: PathOrPem | None = None,
+    certfile: PathOrPem | None = None,
+    keyfile: PathOrPem | None = None,
+    alpn: Sequence[str] | None = None,
+) -> TLSSocket:
+    """STARTTLS: go on as TLS on a connected TCP socket; the engine does the handshake.
+
+    ``hostname`` is the client role: the server's certificate is verified for
+    that name under the administrator's policy. ``server_side=True`` is the
+    server role, serving ``certfile``/``keyfile`` or the policy's certificates
+    (``cafile`` then requires client certificates from that CA; in the client
+    role it adds trust anchors, as in ``create_connection``).
+    ``sock`` may be any connected stdlib TCP socket: its descriptor is taken
+    over (``sock`` is detached; use the returned socket, which has the same
+    ``fileno()``, and which is closed if the upgrade fails). A plain socket
+    from ``ssa_engine.socket(AF_INET, SOCK_STREAM)`` is upgraded in place and
+    returned. Call it once the plaintext exchange has been read exactly up to
+    the peer's go-ahead (SMTP's ``220 Ready to start TLS``): bytes the kernel
+    has received already are part of the TLS stream, and bytes a buffered
+    reader (``makefile``) read ahead are lost to it.
+
+    Raises:
+        ValueError: neither or both of ``hostname`` and ``server_side``.
+        OSError: ``EINVAL`` for a socket that is not connected TCP, ``EISCONN``
+            for a TLS socket, ``EPROTO`` (reason in the message) when the
+            handshake, the verification or the policy refuses.
+    """
+    if server_side == bool(hostname):
+        raise ValueError("upgrade() takes hostname= (client role) or server_side=True")
+    if isinstance(sock, TLSSocket):
+        tls = sock
+    else:
+        if sock.family not in (_socket.AF_INET, _socket.AF_INET6) or sock.type != _socket.SOCK_STREAM:
+            raise OSError(errno.EINVAL, "upgrade() needs a TCP socket")
+        timeout = sock.gettimeout()
+        tls = TLSSocket(sock.family, _socket.SOCK_STREAM, _socket.IPPROTO_TCP, sock.detach())
+        tls.settimeout(timeout)
+    try:
+        # as with create_server(): a CA file on a server requires client certificates
+        configure(tls, cafile=cafile, certfile=certfile, keyfile=keyfile, alpn=alpn,
+                  peer_auth=1 if server_side and cafile is not None else None)
+        tls.setsockopt(IPPROTO_TCP, TCP_UPGRADE_TLS, hostname or b"")
+    except BaseException:
+        if tls is not sock:
+            tls.close()
+        raise
+    return tls

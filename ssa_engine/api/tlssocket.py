@@ -18,6 +18,12 @@ End of stream: the engine sends CLOSED(errno) on the control channel before
 it closes its end of the data socketpair. When a read returns end of file,
 the socket looks at that event: errno 0 (close_notify received) is a clean
 EOF; anything else raises, so truncation never looks like a clean end.
+
+STARTTLS: with protocol 0 or IPPROTO_TCP the object is a plain TCP socket of
+this class. ``setsockopt(IPPROTO_TCP, TCP_UPGRADE_TLS, name)`` hands its
+connection to the engine (UPGRADE, with a new plaintext pair) and ``dup2``s
+the plaintext end onto the same descriptor number: the same object, with the
+same ``fileno()``, goes on as a TLS socket.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from ..protocol import (
     Ok,
     SetSockOpt,
     SocketRequest,
+    Upgrade,
 )
 from ..protocol import options as opt
 from ..protocol.options import TLSOption
@@ -113,13 +120,10 @@ class TLSSocket(_socket.socket):
         try:
             assert isinstance(reply, Ok)
             self._ssa_id = reply.socket_id or 0
-            app_end, engine_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            app_end, engine_end = _data_pair()
         except BaseException:
             ctl.close()
             raise
-        for s in (app_end, engine_end):
-            s.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, PAIR_BUFFER)
-            s.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, PAIR_BUFFER)
         super().__init__(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, app_end.detach())
         self._ssa_ctl = ctl
         self._ssa_pair = engine_end
@@ -144,7 +148,9 @@ class TLSSocket(_socket.socket):
 
     @property
     def _tls(self) -> bool:
-        return self._ssa_ctl is not None
+        # a plain TCP socket (protocol 0 or IPPROTO_TCP) may already hold a
+        # control connection for its TLS options: it is plain until upgraded
+        return self._ssa_ctl is not None and self._ssa_proto == opt.IPPROTO_TLS
 
     def __repr__(self) -> str:
         state = ["created", "connecting", "connected", "closed", "broken",
@@ -274,9 +280,14 @@ class TLSSocket(_socket.socket):
                    optlen: int | None = None) -> None:
         if level == _socket.IPPROTO_TCP and optname == opt.TCP_UPGRADE_TLS:
             # Linux's TCP option 33 is TCP_FASTOPEN_KEY: never let it through.
-            raise OSError(errno.ENOPROTOOPT, "TCP_UPGRADE_TLS (STARTTLS upgrade) is not "
-                          "supported by this version yet")
+            self._ssa_upgrade(value)
+            return
         if not self._tls:
+            if level == opt.IPPROTO_TLS and self._ssa_proto != opt.IPPROTO_TLS:
+                # a plain socket's TLS options wait in the engine for its upgrade
+                self._ssa_plain_control().request(
+                    self._ssa_setsockopt_message(level, optname, value))
+                return
             if optlen is None:
                 return super().setsockopt(level, optname, value)
             return super().setsockopt(level, optname, value, optlen)
@@ -284,8 +295,7 @@ class TLSSocket(_socket.socket):
 
     def _ssa_setsockopt_message(self, level: int, optname: int, value: Any) -> SetSockOpt:
         if level == _socket.IPPROTO_TCP and optname == opt.TCP_UPGRADE_TLS:
-            raise OSError(errno.ENOPROTOOPT, "TCP_UPGRADE_TLS (STARTTLS upgrade) is not "
-                          "supported by this version yet")
+            raise OSError(errno.EISCONN, "TCP_UPGRADE_TLS: this is a TLS socket already")
         if level == opt.IPPROTO_TLS:
             found = opt.lookup(optname)
             if found is None:
@@ -302,10 +312,16 @@ class TLSSocket(_socket.socket):
 
     def getsockopt(self, level: int, optname: int,  # type: ignore[override]
                    buflen: int | None = None) -> Any:
+        if level == _socket.IPPROTO_TCP and optname == opt.TCP_UPGRADE_TLS:
+            # never the kernel's TCP_FASTOPEN_KEY (the same number)
+            raise OSError(errno.ENOPROTOOPT, "TCP_UPGRADE_TLS can only be set")
         if not self._tls:
-            if buflen is None:
+            if level == opt.IPPROTO_TLS and self._ssa_proto != opt.IPPROTO_TLS:
+                self._ssa_plain_control()  # a plain socket's TLS settings are in the engine
+            elif buflen is None:
                 return super().getsockopt(level, optname)
-            return super().getsockopt(level, optname, buflen)
+            else:
+                return super().getsockopt(level, optname, buflen)
         if level == _socket.SOL_SOCKET:
             local = self._ssa_local_option(optname)
             if local is not None:
@@ -530,7 +546,7 @@ class TLSSocket(_socket.socket):
 
     def accept(self) -> tuple[TLSSocket, Any]:
         if not self._tls:
-            return super().accept()  # type: ignore[return-value]
+            return self._ssa_accept_plain()
         if self._ssa_state != _LISTENING:
             raise OSError(errno.EINVAL, "accept() on a socket that is not listening")
         ctl = self._control()
@@ -590,6 +606,90 @@ class TLSSocket(_socket.socket):
             if ctl is not None:
                 ctl.close()
 
+    # -- STARTTLS: TCP_UPGRADE_TLS on a plain TCP socket ------------------------------
+    def _ssa_accept_plain(self) -> tuple[TLSSocket, Any]:
+        """accept() on a plain TCP listener: a plain socket of this class, upgradable too."""
+        fd, addr = self._accept()
+        sock = TLSSocket(self._ssa_family, _socket.SOCK_STREAM, self._ssa_proto, fileno=fd)
+        if _socket.getdefaulttimeout() is None and self.gettimeout():
+            sock.setblocking(True)  # as the stdlib's accept() does
+        return sock, addr
+
+    def _ssa_plain_control(self) -> ControlChannel:
+        """A plain socket's control connection, opened at its first TLS request."""
+        if self._ssa_ctl is None:
+            if self._closed:
+                raise OSError(errno.EBADF, "Bad file descriptor")
+            ctl = ControlChannel()
+            reply = ctl.open(SocketRequest(self._ssa_family, _socket.SOCK_STREAM,
+                                           opt.IPPROTO_TLS))
+            assert isinstance(reply, Ok)
+            self._ssa_id = reply.socket_id or 0
+            self._ssa_ctl = ctl
+        return self._ssa_ctl
+
+    def _ssa_upgrade(self, value: Any) -> None:
+        """STARTTLS in place: the engine takes the TCP connection, this object goes on as TLS.
+
+        A name is the client role (SNI and verification for it), ``b""`` the
+        server role. Call it only when the plaintext exchange has been read up
+        to the peer's go-ahead: bytes that the kernel holds already are the
+        start of the TLS stream (docs/protocol.md section 6.7).
+        """
+        if self._ssa_proto == opt.IPPROTO_TLS:
+            raise OSError(errno.EISCONN, "TCP_UPGRADE_TLS: this is a TLS socket already")
+        host = _upgrade_host(value)
+        if (self._ssa_family not in (_socket.AF_INET, _socket.AF_INET6)
+                or super().getsockopt(_socket.SOL_SOCKET, _socket.SO_TYPE) != _socket.SOCK_STREAM):
+            raise OSError(errno.EINVAL, "TCP_UPGRADE_TLS needs a TCP socket")
+        try:
+            super().getpeername()
+        except OSError:
+            raise OSError(errno.EINVAL, "TCP_UPGRADE_TLS needs a connected TCP socket") from None
+        ctl = self._ssa_plain_control()
+        app_end, engine_end = _data_pair()
+        try:
+            with engine_end:
+                ctl.send(Upgrade(host=host), [self.fileno(), engine_end.fileno()])
+        except BaseException:
+            app_end.close()
+            raise
+        with app_end:
+            self._ssa_upgraded(ctl, app_end)
+
+    def _ssa_upgraded(self, ctl: ControlChannel, app_end: _socket.socket) -> None:
+        """Wait for the UPGRADE's result; on success put the plaintext stream on our fd."""
+        timeout = self.gettimeout()
+        self._ssa_proto = opt.IPPROTO_TLS  # a TLS socket from here on, whatever the result
+        self._ssa_state = _CONNECTING
+        try:
+            result = ctl.wait_connect(None)  # the engine bounds the handshake in time
+        except OSError as exc:  # the engine went away: the connection is lost with it
+            result = ConnectFailed(errno=exc.errno or errno.ECONNRESET,
+                                   message=exc.strerror or str(exc))
+        except BaseException:
+            try:
+                self._ssa_give_up(ConnectFailed(errno=errno.ECONNABORTED,
+                                                message="TCP_UPGRADE_TLS was interrupted"))
+            except OSError:
+                pass
+            raise
+        if isinstance(result, ConnectFailed):
+            self._ssa_give_up(result)
+        # the same descriptor number now reads and writes the engine's plaintext
+        # stream; dup2 also closes our copy of the TCP socket (the engine has it)
+        os.dup2(app_end.fileno(), self.fileno(), inheritable=False)
+        self.settimeout(timeout)  # O_NONBLOCK belongs to the new file description
+        self._ssa_result(result)
+
+    def _ssa_give_up(self, failed: ConnectFailed) -> None:
+        """A failed upgrade: end the TCP connection and raise as a failed connect does."""
+        try:
+            _socket.socket.shutdown(self, _socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._ssa_result(failed)
+
     # -- introspection used by the helpers -------------------------------------------
     def ssa_eof_status(self) -> OSError | None:
         """After end of file on the raw descriptor: None if clean, else the error."""
@@ -620,6 +720,35 @@ def _parse_address(address: Any) -> tuple[str, int]:
     except UnicodeError:
         raise OSError(errno.EINVAL, "the host name is not valid Unicode") from None
     return host, port
+
+
+def _upgrade_host(value: Any) -> str:
+    """TCP_UPGRADE_TLS's value: the server's name (client role), or empty (server role)."""
+    try:
+        if isinstance(value, str):
+            raw = value.rstrip("\x00").encode("idna") if value.rstrip("\x00") else b""
+        elif isinstance(value, bytes | bytearray | memoryview):
+            raw = bytes(value)
+            raw = raw[:-1] if raw.endswith(b"\x00") else raw
+        else:
+            raise OSError(errno.EINVAL, "TCP_UPGRADE_TLS takes the server's name as str or "
+                          f"bytes (empty for the server role), not {type(value).__name__}")
+        host = raw.decode("ascii")
+    except UnicodeError:
+        raise OSError(errno.EINVAL, f"TCP_UPGRADE_TLS: {value!r} is not a valid host "
+                      "name") from None
+    if "\x00" in host or len(host) > 1024:
+        raise OSError(errno.EINVAL, "TCP_UPGRADE_TLS: over-long host name, or a NUL inside it")
+    return host
+
+
+def _data_pair() -> tuple[_socket.socket, _socket.socket]:
+    """The plaintext socketpair: (the application's end, the engine's end)."""
+    app_end, engine_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    for s in (app_end, engine_end):
+        s.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, PAIR_BUFFER)
+        s.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, PAIR_BUFFER)
+    return app_end, engine_end
 
 
 def _addr(host: str, port: int) -> tuple[Any, ...]:

@@ -127,7 +127,8 @@ class ServerSide:
         host, port = self.listener.tcp.getsockname()[:2]
         self.send(Bound(local_host=host, local_port=port))
 
-    def _start_listening(self, backlog: int, notify: socket.socket) -> None:
+    def _server_contexts(self) -> ServerContexts:
+        """The server TLS contexts of this socket's settings (LISTEN, and UPGRADE as a server)."""
         o = self.options
         assert o is not None
         try:
@@ -141,8 +142,9 @@ class ServerSide:
                 only_name=o.server_name,
             )
             if not cfg.credentials:
-                raise ApiError(errno.EPROTO, "a TLS listener needs a certificate: set "
-                               "TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY before listen(), or "
+                raise ApiError(errno.EPROTO, "a TLS server needs a certificate: set "
+                               "TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY before listen() (or "
+                               "the TCP_UPGRADE_TLS upgrade), or "
                                f"list certificates for this program in the {o.policy.source}")
             if cfg.client_auth and not cfg.client_trust and not cfg.client_trust_store:
                 raise ApiError(errno.EPROTO, "TLS_REQUEST_PEER_AUTH needs the client CA: set "
@@ -153,6 +155,12 @@ class ServerSide:
             self.certs_from_store = not o.all_credentials()
         except (SSL.Error, ValueError) as exc:
             raise ApiError(errno.EPROTO, f"cannot build the server TLS context: {exc}") from None
+        return contexts
+
+    def _start_listening(self, backlog: int, notify: socket.socket) -> None:
+        contexts = self._server_contexts()
+        o = self.options
+        assert o is not None
         if self.bound is None:
             self.bound = self._bind("", 0)
         try:

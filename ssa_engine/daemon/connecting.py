@@ -155,7 +155,8 @@ class ClientSide:
             raise ApiError(errno.EPROTO, str(exc)) from None
         except SSL.Error as exc:
             raise ApiError(errno.EPROTO, f"cannot build the TLS context: {exc}") from None
-        self.tcp = await self._tcp_connect(m.host, m.port, policy.handshake_timeout)
+        if self.tcp is None:  # an UPGRADE brings its own connected TCP socket
+            self.tcp = await self._tcp_connect(m.host, m.port, policy.handshake_timeout)
         for (level, name), value in o.tcp.items():
             apply_tcp_option(self.tcp, level, name, value)
         conn = SSL.Connection(ctx, self.tcp)

@@ -44,6 +44,7 @@ from ..protocol import (
     SocketRequest,
     StatusReply,
     StatusRequest,
+    Upgrade,
     encode,
 )
 from ..protocol import options as opt
@@ -57,6 +58,7 @@ from .listener import Listener
 from .options import ApiError, SocketOptions, Unexpected, apply_tcp_option, socket_ids
 from .relay import Relay
 from .servertls import ServerConfig
+from .upgrading import UpgradeSide
 
 if TYPE_CHECKING:
     from .server import Engine
@@ -80,7 +82,7 @@ _CONNECTION_INFO = {
 
 
 
-class Session(ClientSide, ServerSide):
+class Session(ClientSide, ServerSide, UpgradeSide):
     def __init__(self, engine: Engine, sock: socket.socket, peer: PeerIdentity) -> None:
         self.engine = engine
         self.loop = engine.loop
@@ -220,11 +222,14 @@ class Session(ClientSide, ServerSide):
             return
         if isinstance(message, Hello):
             raise Unexpected("HELLO sent twice")
-        if isinstance(message, Connect):
+        if isinstance(message, Connect | Upgrade):
             # the connect result always comes as CONNECTED or CONNECT_FAILED, so
             # that it cannot be mistaken for the reply to a later request
             try:
-                self._on_connect(message)
+                if isinstance(message, Upgrade):
+                    self._on_upgrade(message)  # TCP_UPGRADE_TLS: answered as a CONNECT is
+                else:
+                    self._on_connect(message)
             except ApiError as exc:
                 if exc.errno == errno.EPROTO:
                     self.last_error = exc.message

@@ -42,10 +42,11 @@ from .messages import (
     SocketRequest,
     StatusReply,
     StatusRequest,
+    Upgrade,
 )
 
 __all__ = [
-    "Accepted", "Bind", "Bound", "Listen",
+    "Accepted", "Bind", "Bound", "Listen", "Upgrade",
     "MAX_STRING", "REQUEST_TYPES",
     "HEADER_SIZE", "MAX_PAYLOAD", "Decoder", "decode_payload", "encode",
     "FrameError", "FrameTooLarge", "MalformedField", "ProtocolError", "UnknownMessage",

@@ -30,6 +30,7 @@ class MessageType(enum.IntEnum):
     CONNECT = 5  #: app -> engine: connect + handshake; carries the data fd
     BIND = 6  #: app -> engine: bind the engine's listening socket
     LISTEN = 7  #: app -> engine: start listening; carries the notification fd
+    UPGRADE = 8  #: app -> engine: TLS on a connected TCP socket; carries it and the data fd
     STATUS = 16  #: app -> engine: admin query (root or the engine's user only)
     RELOAD = 17  #: app -> engine: reload the configuration (root or the engine's user only)
     ACME_CHALLENGE = 18  #: app -> engine: answer tls-alpn-01 on a listener (admin only)
@@ -165,8 +166,8 @@ MESSAGE_TYPES: dict[int, type[Any]] = {}
 #: message types an application may send (the rest are the engine's)
 REQUEST_TYPES = frozenset(
     {MessageType.HELLO, MessageType.SOCKET, MessageType.SETSOCKOPT, MessageType.GETSOCKOPT,
-     MessageType.CONNECT, MessageType.BIND, MessageType.LISTEN, MessageType.STATUS,
-     MessageType.RELOAD, MessageType.ACME_CHALLENGE}
+     MessageType.CONNECT, MessageType.BIND, MessageType.LISTEN, MessageType.UPGRADE,
+     MessageType.STATUS, MessageType.RELOAD, MessageType.ACME_CHALLENGE}
 )
 
 
@@ -269,6 +270,14 @@ class Listen(Message):
     TYPE = MessageType.LISTEN
     FD_COUNT = 1
     backlog: int = _f(FieldTag.BACKLOG)
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class Upgrade(Message):
+    TYPE = MessageType.UPGRADE
+    FD_COUNT = 2  # the application's connected TCP socket, then the engine's end of the data pair
+    host: str = _f(FieldTag.HOST)  # client role: the server's name; "" = the server role
 
 
 @_register

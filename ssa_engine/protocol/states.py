@@ -29,6 +29,7 @@ class Request(enum.Enum):
     CONNECT = "connect"
     BIND = "bind"
     LISTEN = "listen"
+    UPGRADE = "setsockopt(TCP_UPGRADE_TLS)"
 
 
 S, R = SocketState, Request
@@ -44,6 +45,7 @@ TRANSITIONS: dict[SocketState, dict[Request, tuple[SocketState | None, int | Non
         R.CONNECT: (S.CONNECTING, None),
         R.BIND: (S.CREATED, None),
         R.LISTEN: (S.LISTENING, None),
+        R.UPGRADE: (S.CONNECTING, None),
     },
     S.CONNECTING: {
         R.SET_TLS_OPTION: (None, errno.EALREADY),
@@ -54,6 +56,7 @@ TRANSITIONS: dict[SocketState, dict[Request, tuple[SocketState | None, int | Non
         R.CONNECT: (None, errno.EALREADY),
         R.BIND: (None, errno.EINVAL),
         R.LISTEN: (None, errno.EOPNOTSUPP),
+        R.UPGRADE: (None, errno.EALREADY),
     },
     S.CONNECTED: {
         R.SET_TLS_OPTION: (None, errno.EISCONN),
@@ -64,6 +67,7 @@ TRANSITIONS: dict[SocketState, dict[Request, tuple[SocketState | None, int | Non
         R.CONNECT: (None, errno.EISCONN),
         R.BIND: (None, errno.EINVAL),
         R.LISTEN: (None, errno.EOPNOTSUPP),
+        R.UPGRADE: (None, errno.EISCONN),
     },
     S.CLOSED: {
         R.SET_TLS_OPTION: (None, errno.EISCONN),
@@ -74,6 +78,7 @@ TRANSITIONS: dict[SocketState, dict[Request, tuple[SocketState | None, int | Non
         R.CONNECT: (None, errno.EISCONN),
         R.BIND: (None, errno.EINVAL),
         R.LISTEN: (None, errno.EOPNOTSUPP),
+        R.UPGRADE: (None, errno.EISCONN),
     },
     S.LISTENING: {
         R.SET_TLS_OPTION: (None, errno.EOPNOTSUPP),
@@ -84,6 +89,7 @@ TRANSITIONS: dict[SocketState, dict[Request, tuple[SocketState | None, int | Non
         R.CONNECT: (None, errno.EOPNOTSUPP),
         R.BIND: (None, errno.EINVAL),
         R.LISTEN: (S.LISTENING, None),
+        R.UPGRADE: (None, errno.EOPNOTSUPP),
     },
     S.BROKEN: {
         R.SET_TLS_OPTION: (None, errno.EBADFD),
@@ -94,6 +100,7 @@ TRANSITIONS: dict[SocketState, dict[Request, tuple[SocketState | None, int | Non
         R.CONNECT: (None, errno.EBADFD),
         R.BIND: (None, errno.EBADFD),
         R.LISTEN: (None, errno.EBADFD),
+        R.UPGRADE: (None, errno.EBADFD),
     },
 }
 
