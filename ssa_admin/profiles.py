@@ -494,14 +494,17 @@ _OTHER = {
     "verify.trust_store": "trust_store", "verify.verify_depth": "verify_depth",
     "verify.allow_app_trust": "allow_app_trust", "verify.allow_ip_names": "allow_ip_names",
     "server.certificates": "server_certificates", "server.client_auth": "client_auth",
-    "server.client_ca": "client_ca", "app_overrides": "app_overrides",
+    "server.client_ca": "client_ca", "server.ocsp_stapling": "server_ocsp_stapling",
+    **{f"revocation.{k}": f"revocation_{k}"
+       for k in ("checks", "mode", "ocsp_stapling", "ocsp", "crl", "cache")},
+    "app_overrides": "app_overrides",
     "handshake_timeout": "handshake_timeout", "audit": "audit",
 }
 
 
 def settings(policy: Policy) -> dict[str, Any]:
     """A policy in the keys of the profile format (plus what its level implies)."""
-    lv, v = policy.level, policy.verify
+    lv, v, r = policy.level, policy.verify, policy.revocation
     return {
         "level": lv.name,
         "tls": {
@@ -517,8 +520,11 @@ def settings(policy: Policy) -> dict[str, Any]:
         "verify": {"trust_store": v.trust_store, "verify_depth": v.verify_depth,
                    "allow_app_trust": v.allow_app_trust, "allow_ip_names": v.allow_ip_names},
         "pins": {host: sorted(pins) for host, pins in policy.pins},
+        "revocation": {"checks": r.checks, "mode": r.mode, "ocsp_stapling": r.ocsp_stapling,
+                       "ocsp": r.ocsp, "crl": r.crl, "cache": r.cache},
         "server": {"certificates": list(policy.server_certificates),
-                   "client_auth": policy.client_auth, "client_ca": policy.client_ca},
+                   "client_auth": policy.client_auth, "client_ca": policy.client_ca,
+                   "ocsp_stapling": policy.server_ocsp_stapling},
         "app_overrides": sorted(policy.app_overrides),
         "handshake_timeout": policy.handshake_timeout,
         "audit": policy.audit,

@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -78,7 +78,10 @@ class CA:
         days_to: int = 10,
         client: bool = False,
         cn: str | None = None,
+        ocsp_url: str | None = None,
+        crl_url: str | None = None,
     ) -> Pair:
+        """A leaf; ``ocsp_url``/``crl_url`` name its OCSP responder (AIA) and CRL."""
         key = _key(kind)
         sans: list[x509.GeneralName] = []
         for n in names:
@@ -103,6 +106,14 @@ class CA:
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        if ocsp_url:
+            builder = builder.add_extension(x509.AuthorityInformationAccess([
+                x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
+                                       x509.UniformResourceIdentifier(ocsp_url))]), critical=False)
+        if crl_url:
+            builder = builder.add_extension(x509.CRLDistributionPoints([
+                x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None,
+                                       None)]), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         return _write(self.dir, label, cert, key)
 

@@ -24,7 +24,8 @@ _KEYS = ["match", "description", "level", "tls", "verify", "pins", "server", "ap
          "handshake_timeout", "audit", "min_version", "max_version", "ciphers", "ciphersuites",
          "groups", "trust_store", "verify_depth", "allow_app_trust", "allow_ip_names",
          "certificates", "client_auth", "client_ca", "path", "name", "user", "unit", "enabled",
-         "max_size", "backups", "example.com", "*.example.com", "modern", "1.3", "bogus"]
+         "max_size", "backups", "example.com", "*.example.com", "modern", "1.3", "bogus",
+         "revocation", "checks", "mode", "ocsp_stapling", "ocsp", "crl", "cache", "hard"]
 
 _scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70),

@@ -33,6 +33,7 @@ from ssa_engine.policy.match import KINDS, Program
 from ssa_engine.policy.model import DEFAULT_POLICY, Policy
 from ssa_engine.policy.schema import (
     _AUDIT_GLOBAL,
+    _REVOCATION,
     _SERVER,
     _TLS,
     _TOP,
@@ -110,7 +111,7 @@ def test_unknown_keys_suggest_the_closest_known_one() -> None:
     errors = parse_errors("match:\n  nme: wget\nlevle: modern\ntls:\n  min_verison: '1.3'\n")
     assert errors == [
         "test.yaml:3:1: levle: unknown key; did you mean level? (known: match, description, level, "
-        "tls, verify, pins, server, app_overrides, handshake_timeout, audit)",
+        "tls, verify, pins, revocation, server, app_overrides, handshake_timeout, audit)",
         "test.yaml:2:3: match -> nme: unknown key; did you mean name? (known: path, unit, name, user)",
         "test.yaml:5:3: tls -> min_verison: unknown key; did you mean min_version? "
         "(known: min_version, max_version, ciphers, ciphersuites, groups)",
@@ -145,8 +146,8 @@ def test_unknown_key_without_a_close_one_has_no_suggestion() -> None:
     ("verify:\n  trust_store:\n    file: /x.pem\n",
      "test.yaml:5:5: verify -> trust_store: must be a non-empty string (got a mapping)"),
     ("server: www.example.com\n",
-     "test.yaml:3:9: server: must be a mapping of certificates, client_auth, client_ca "
-     "(got string 'www.example.com')"),
+     "test.yaml:3:9: server: must be a mapping of certificates, client_auth, client_ca, "
+     "ocsp_stapling (got string 'www.example.com')"),
     # choices
     ("tls:\n  min_version: '1.1'\n",
      "test.yaml:4:16: tls -> min_version: must be one of \"1.2\", \"1.3\" (got '1.1')"),
@@ -155,7 +156,7 @@ def test_unknown_key_without_a_close_one_has_no_suggestion() -> None:
      "(got 'optional')"),
     ("app_overrides: [ciphers, verify]\n",
      "test.yaml:3:26: app_overrides -> 1: must be one of min_version, max_version, ciphers, "
-     "client_auth (got 'verify')"),
+     "client_auth, revocation (got 'verify')"),
     # names the level lists do not know
     ("tls:\n  ciphers:\n    - ECDHE-RSA-AES128-GCM-SHA265\n",
      "test.yaml:5:7: tls -> ciphers -> 0: unknown cipher 'ECDHE-RSA-AES128-GCM-SHA265'; "
@@ -256,7 +257,7 @@ def test_match_without_criteria_is_reported_beside_other_errors() -> None:
     # it used to be dropped whenever an earlier key of the file had an error
     assert parse_errors("levle: modern\nmatch: {}\n") == [
         "test.yaml:1:1: levle: unknown key; did you mean level? (known: match, description, "
-        "level, tls, verify, pins, server, app_overrides, handshake_timeout, audit)",
+        "level, tls, verify, pins, revocation, server, app_overrides, handshake_timeout, audit)",
         "test.yaml:2:8: match: names no criteria: give path, unit, name or user",
     ]
 
@@ -742,13 +743,15 @@ def test_the_example_ssa_yaml_validates_and_changes_nothing(tmp_path: Path) -> N
     assert (d.handshake_timeout, d.app_overrides, d.pins, d.server_certificates, d.client_auth,
             d.client_ca, d.audit) == (b.handshake_timeout, b.app_overrides, b.pins,
                                       b.server_certificates, b.client_auth, b.client_ca, b.audit)
+    assert (d.revocation, d.server_ocsp_stapling) == (b.revocation, b.server_ocsp_stapling)
     assert config.audit_log == AuditLogSettings()
 
 
 def schema_keys(*, profile_only: bool) -> set[str]:
     """Every key the schema accepts, as docs/policy.md writes it (``tls.min_version``)."""
-    keys = {k for k in _TOP if k not in ("tls", "verify", "server", "match")}
+    keys = {k for k in _TOP if k not in ("tls", "verify", "revocation", "server", "match")}
     keys |= {f"tls.{k}" for k in _TLS} | {f"verify.{k}" for k in _VERIFY}
+    keys |= {f"revocation.{k}" for k in _REVOCATION}
     keys |= {f"server.{k}" for k in _SERVER} | {f"audit.{k}" for k in _AUDIT_GLOBAL}
     if profile_only:
         keys |= {f"match.{k}" for k in KINDS}

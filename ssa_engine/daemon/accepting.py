@@ -151,6 +151,7 @@ class ServerSide:
                                "TLS_TRUSTED_PEER_CERTIFICATES, or server.client_ca in the "
                                f"{o.policy.source}")
             contexts = ServerContexts(cfg)
+            self.engine.revocation.stapler.attach(contexts, o.ocsp_stapling())
             self.server_cfg = cfg
             self.certs_from_store = not o.all_credentials()
         except (SSL.Error, ValueError) as exc:
@@ -221,6 +222,7 @@ class ServerSide:
         try:
             cfg = replace(self.server_cfg, credentials=self._store_credentials(o.policy))
             self.listener.contexts = ServerContexts(cfg)
+            self.engine.revocation.stapler.attach(self.listener.contexts, o.ocsp_stapling())
             self.apply_acme()
         except (ApiError, SSL.Error, ValueError) as exc:
             log.error("%s: keeping the certificates in use: %s", self._who(),

@@ -167,6 +167,9 @@ class ClientSide:
         fastio.set_verify_host(conn, verify_name, verify_ip)
         if o.alpn:
             conn.set_alpn_protos(list(o.alpn))
+        revocation = o.revocation()
+        if revocation.checks and revocation.ocsp_stapling:
+            conn.request_ocsp()  # status_request: the server may staple (RFC 6066 section 8)
         self.conn = conn
         try:
             async with asyncio.timeout(policy.handshake_timeout):
@@ -179,6 +182,8 @@ class ClientSide:
         code, text = fastio.verify_result(conn)
         if code != 0:  # defence in depth: VERIFY_PEER already enforces this
             raise ApiError(errno.EPROTO, f"certificate verification failed: {text}")
+        # revocation, also for a resumed session (which has no chain to check below)
+        await self.engine.revocation.check_server(conn, revocation, policy.source, self._who())
         chain = conn.get_verified_chain() or []
         weak = fastio.weak_key(chain, policy.level.min_rsa_bits, policy.level.min_ec_bits)
         if weak is not None:

@@ -23,6 +23,12 @@ from ..policy import (
     check_version,
     effective,
 )
+from ..policy.enforce import (
+    RevocationSettings,
+    check_revocation,
+    check_server_stapling,
+    effective_revocation,
+)
 from ..policy.model import CLIENT_AUTH
 from ..protocol import FrameError
 from ..protocol import options as opt
@@ -83,6 +89,8 @@ class SocketOptions:
     #: TLS_REQUEST_PEER_AUTH: 0 off, 1 require, 2 request
     peer_auth: int = 0
     peer_auth_set: bool = False
+    #: TLS_SERVER_OCSP_STAPLING; None: the policy's server.ocsp_stapling
+    server_stapling: bool | None = None
     app: AppRequests = field(default_factory=AppRequests)
     tcp: dict[tuple[int, int], int | bytes] = field(default_factory=dict)
 
@@ -144,6 +152,8 @@ class SocketOptions:
                 if self.app.min_version is not None and v < self.app.min_version:
                     raise ApiError(errno.EINVAL, "TLS_VERSION_MAX below TLS_VERSION_MIN")
                 self.app.max_version = v
+        elif name in REVOCATION_OPTIONS or name is TLSOption.SERVER_OCSP_STAPLING:
+            self._set_revocation(name, _int(number, name))
         elif name in (TLSOption.DISABLE_CIPHER, TLSOption.ENABLE_CIPHER):
             action = "disable" if name is TLSOption.DISABLE_CIPHER else "enable"
             for item in _text(value, name).split(":"):
@@ -175,7 +185,33 @@ class SocketOptions:
             raise ApiError(errno.EINVAL, f"socket option value {number} does not fit a C int")
         return number
 
+    def _set_revocation(self, name: TLSOption, number: int) -> None:
+        if number not in (0, 1):
+            raise ApiError(errno.EINVAL, f"TLS_{name.name} takes 0 (off) or 1 (on)")
+        if name is TLSOption.SERVER_OCSP_STAPLING:
+            _policy_call(check_server_stapling, self.policy, bool(number))
+            self.server_stapling = bool(number)
+            return
+        switch = REVOCATION_OPTIONS[name]
+        _policy_call(check_revocation, self.policy, switch, bool(number), f"TLS_{name.name}")
+        self.app.revocation[switch] = bool(number)
+
     # -- reading ------------------------------------------------------------------
+    def revocation(self) -> RevocationSettings:
+        """The revocation checks of this (client) socket."""
+        return effective_revocation(self.policy, self.app)
+
+    def ocsp_stapling(self) -> bool:
+        """Does this listener staple OCSP responses?"""
+        return self.policy.server_ocsp_stapling and self.server_stapling is not False
+
+    def revocation_value(self, name: TLSOption) -> int | None:
+        """getsockopt of a revocation option (0 or 1); None for any other option."""
+        if name is TLSOption.SERVER_OCSP_STAPLING:
+            return int(self.ocsp_stapling())
+        switch = REVOCATION_OPTIONS.get(name)
+        return None if switch is None else int(getattr(self.revocation(), switch))
+
     def effective_peer_auth(self) -> int:
         """What a listener asks of clients: the application's choice, else the policy's."""
         if self.peer_auth_set:
@@ -195,6 +231,15 @@ class SocketOptions:
             raise ApiError(errno.EPROTO, "TLS_CERTIFICATE_CHAIN set without TLS_PRIVATE_KEY")
         return tuple(make_credentials(c, k) for c, k in zip(self.chains, self.keys, strict=True))
 
+
+#: the client's revocation options -> the switch each sets (RevocationPolicy fields)
+REVOCATION_OPTIONS = {
+    TLSOption.REVOCATION_CHECKS: "checks",
+    TLSOption.OCSP_STAPLED_CHECKS: "ocsp_stapling",
+    TLSOption.OCSP_CHECKS: "ocsp",
+    TLSOption.CRL_CHECKS: "crl",
+    TLSOption.CACHED_REV_CHECKS: "cache",
+}
 
 #: TLS_REQUEST_PEER_AUTH value -> index in CLIENT_AUTH (none, request, require)
 _AUTH_STRENGTH = {0: 0, 2: 1, 1: 2}

@@ -22,6 +22,7 @@ from . import fastio
 from .audit import AuditLog
 from .identity import PeerIdentity, peer_identity
 from .reload import Configuration
+from .revocation import Revocation
 from .session import Session
 from .tlsctx import ContextCache
 
@@ -58,6 +59,8 @@ class Engine:
         self.config.on_config.append(self._configure_audit)
         self.config.on_store.append(self._store_changed)
         self._ties: set[object] = set()
+        #: revocation caches and OCSP stapling, shared by all sockets
+        self.revocation = Revocation()
         self.contexts = ContextCache()
         self.sessions: set[Session] = set()
         self.sockets = 0
@@ -127,6 +130,7 @@ class Engine:
             "sockets_created_total": self.sockets,
             "connections_total": self.connected,
             "bytes_relayed_total": self.bytes_relayed,
+            "revocation": self.revocation.status(),
             "cached_contexts": len(self.contexts),
             "programs": self._programs(live),
         }

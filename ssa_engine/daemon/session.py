@@ -381,6 +381,8 @@ class Session(ClientSide, ServerSide, UpgradeSide):
         if name is TLSOption.TRUSTED_CIPHERS:
             s = o.settings()
             return ":".join(s.ciphersuites + s.ciphers).encode()
+        if (switch := o.revocation_value(name)) is not None:
+            return switch
         if name is TLSOption.ERROR:
             return self.last_error.encode()
         if name is TLSOption.ID:

@@ -47,6 +47,8 @@ class AppRequests:
     max_version: int | None = None
     disabled: set[str] = field(default_factory=set)
     enabled: set[str] = field(default_factory=set)
+    #: revocation switches (REVOCATION_SWITCHES) the application set, already checked
+    revocation: dict[str, bool] = field(default_factory=dict)
 
 
 def _version_name(v: int) -> str:
@@ -128,3 +130,63 @@ def with_level(policy: Policy, level: str) -> Policy:
     if level not in LEVELS:
         raise InvalidSetting(f"unknown level {level!r}; one of {', '.join(LEVELS)}")
     return replace(policy, level=LEVELS[level])
+
+
+#: what the application's revocation options switch: RevocationPolicy fields
+REVOCATION_SWITCHES = ("checks", "ocsp_stapling", "ocsp", "crl", "cache")
+_REVOCATION_METHODS = ("ocsp_stapling", "ocsp", "crl")
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationSettings:
+    """The revocation checks of one client socket (policy + application)."""
+
+    checks: bool
+    hard: bool
+    ocsp_stapling: bool
+    ocsp: bool
+    crl: bool
+    cache: bool
+
+
+def check_revocation(policy: Policy, switch: str, on: bool, option: str) -> None:
+    """Validate an application's revocation switch (``option`` names it in errors).
+
+    Turning a check on is always allowed. Turning off one that the policy turns
+    on needs ``revocation`` in ``app_overrides``. The cache is the other way
+    round: without it the engine only asks again, so turning it off is always
+    allowed, and turning it on where the policy turns it off is the weakening.
+    """
+    if switch not in REVOCATION_SWITCHES:
+        raise InvalidSetting(f"{option}: unknown revocation switch {switch!r}")
+    r = policy.revocation
+    if "revocation" in policy.app_overrides or not r.checks:
+        return
+    if switch == "cache":
+        if on and not r.cache:
+            raise PolicyViolation(f"{option} 1: the {policy.source} turns the revocation "
+                                  "cache off (revocation.cache)")
+    elif not on and getattr(r, switch):
+        key = "revocation.checks" if switch == "checks" else f"revocation.{switch}"
+        raise PolicyViolation(f"{option} 0: the {policy.source} turns this check on ({key}), "
+                              "and the application may not turn it off")
+
+
+def effective_revocation(policy: Policy, app: AppRequests) -> RevocationSettings:
+    """Combine the policy's revocation section with already-checked switches.
+
+    A method the application turns on also turns checking on (it would mean
+    nothing otherwise), unless the application turned checking off itself.
+    """
+    r, a = policy.revocation, app.revocation
+    methods = {m: a.get(m, getattr(r, m)) for m in _REVOCATION_METHODS}
+    checks = a.get("checks", r.checks or any(a.get(m) for m in _REVOCATION_METHODS))
+    return RevocationSettings(checks=checks, hard=r.mode == "hard", cache=a.get("cache", r.cache),
+                              **methods)
+
+
+def check_server_stapling(policy: Policy, on: bool) -> None:
+    """TLS_SERVER_OCSP_STAPLING: off is always allowed, on only where the policy allows it."""
+    if on and not policy.server_ocsp_stapling:
+        raise PolicyViolation(f"TLS_SERVER_OCSP_STAPLING 1: the {policy.source} turns OCSP "
+                              "stapling off (server.ocsp_stapling)")

@@ -27,7 +27,14 @@ OVERRIDES = {
     "max_version": "set TLS_VERSION_MAX above the policy's maximum",
     "ciphers": "enable ciphers the policy's list does not contain",
     "client_auth": "ask for less client authentication than server.client_auth",
+    "revocation": "turn off revocation checks that the policy turns on (or the cache on "
+                  "where it is off)",
 }
+
+#: what ``revocation.mode`` may say: what a client does when no revocation
+#: answer can be had (responder down, no CRL): "soft" logs and continues,
+#: "hard" refuses the connection
+REVOCATION_MODES = ("soft", "hard")
 
 
 def normalize_host(host: str) -> str:
@@ -52,6 +59,28 @@ class VerifyPolicy:
     allow_app_trust: bool = True
     #: may a socket verify a server by IP address (no host name)?
     allow_ip_names: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationPolicy:
+    """How a client checks that the server's certificate is not revoked.
+
+    Off by default, as in OpenSSL, GnuTLS and the system crypto-policies
+    (docs/policy.md, "Revocation", says why); the methods apply once
+    ``checks`` is on, in this order: the stapled response, the OCSP
+    responders, the CRLs.
+    """
+
+    checks: bool = False
+    mode: str = "soft"  # one of REVOCATION_MODES
+    #: trust a valid OCSP response the server staples
+    ocsp_stapling: bool = True
+    #: ask the OCSP responders named in the certificate (AIA)
+    ocsp: bool = True
+    #: fetch the CRLs named in the certificate (CRL distribution points)
+    crl: bool = True
+    #: reuse answers until their nextUpdate
+    cache: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +112,10 @@ class Policy:
     client_ca: str | None = None
     #: write this program's connections to the audit log (when one is configured)
     audit: bool = True
+    #: client revocation checks
+    revocation: RevocationPolicy = field(default_factory=RevocationPolicy)
+    #: listeners staple OCSP responses for certificates whose issuer has a responder
+    server_ocsp_stapling: bool = True
 
     @property
     def effective_min_version(self) -> int:
@@ -137,6 +170,13 @@ class Layer:
     client_auth: str | None = None
     client_ca: str | None = None
     audit: bool | None = None
+    revocation_checks: bool | None = None
+    revocation_mode: str | None = None
+    revocation_ocsp_stapling: bool | None = None
+    revocation_ocsp: bool | None = None
+    revocation_crl: bool | None = None
+    revocation_cache: bool | None = None
+    server_ocsp_stapling: bool | None = None
 
     def is_set(self, name: str) -> bool:
         return getattr(self, name) is not None
@@ -146,6 +186,9 @@ class Layer:
 
 
 _TLS_FROM_LEVEL = ("min_version", "max_version", "ciphers", "ciphersuites", "groups")
+#: RevocationPolicy field -> Layer attribute
+_REVOCATION_LAYER = {name: f"revocation_{name}" for name in (
+    "checks", "mode", "ocsp_stapling", "ocsp", "crl", "cache")}
 
 
 def overlay(base: Policy, layer: Layer, *, source: str, profile: str | None = None) -> Policy:
@@ -157,14 +200,16 @@ def overlay(base: Policy, layer: Layer, *, source: str, profile: str | None = No
       ``tls`` keys; a layer without ``level`` adjusts the base's settings;
     - every other key set in the layer replaces the base's value;
     - ``pins`` replace the base's pins host by host (a profile that pins
-      ``example.com`` decides that host's pins alone); other hosts are kept.
+      ``example.com`` decides that host's pins alone); other hosts are kept;
+    - ``verify`` and ``revocation`` keys replace the base's one by one.
     """
     changes: dict[str, object] = {"source": source, "profile": profile}
     if layer.level is not None:
         changes["level"] = layer.level
         changes.update({name: None for name in _TLS_FROM_LEVEL})
     for name in _TLS_FROM_LEVEL + ("handshake_timeout", "app_overrides", "server_certificates",
-                                   "client_auth", "client_ca", "audit"):
+                                   "client_auth", "client_ca", "audit",
+                                   "server_ocsp_stapling"):
         value = getattr(layer, name)
         if value is not None:
             changes[name] = value
@@ -177,6 +222,10 @@ def overlay(base: Policy, layer: Layer, *, source: str, profile: str | None = No
     }
     if verify:
         changes["verify"] = replace(base.verify, **verify)
+    revocation = {name: getattr(layer, attr) for name, attr in _REVOCATION_LAYER.items()
+                  if getattr(layer, attr) is not None}
+    if revocation:
+        changes["revocation"] = replace(base.revocation, **revocation)
     if layer.pins is not None:
         pins = dict(base.pins)
         pins.update(layer.pins)

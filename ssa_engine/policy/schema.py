@@ -28,7 +28,7 @@ from .levels import (
     normalize_cipher,
 )
 from .match import KINDS, Match
-from .model import CLIENT_AUTH, OVERRIDES, Layer, normalize_host
+from .model import CLIENT_AUTH, OVERRIDES, REVOCATION_MODES, Layer, normalize_host
 
 Key = str | int
 #: key path -> (line, column), both 1-based; ``key=True`` asks for the key's
@@ -49,14 +49,16 @@ _TOP = {
     "tls": "min_version, max_version, ciphers, ciphersuites, groups",
     "verify": "trust_store, verify_depth, allow_app_trust, allow_ip_names",
     "pins": "host -> list of sha256/BASE64 SPKI pins",
-    "server": "certificates, client_auth, client_ca",
+    "revocation": "checks, mode, ocsp_stapling, ocsp, crl, cache",
+    "server": "certificates, client_auth, client_ca, ocsp_stapling",
     "app_overrides": "settings the application may relax: " + ", ".join(OVERRIDES),
     "handshake_timeout": "seconds a TLS handshake may take",
     "audit": "log this program's connections (true/false; ssa.yaml: also path, max_size, backups)",
 }
 _TLS = ("min_version", "max_version", "ciphers", "ciphersuites", "groups")
 _VERIFY = ("trust_store", "verify_depth", "allow_app_trust", "allow_ip_names")
-_SERVER = ("certificates", "client_auth", "client_ca")
+_REVOCATION = ("checks", "mode", "ocsp_stapling", "ocsp", "crl", "cache")
+_SERVER = ("certificates", "client_auth", "client_ca", "ocsp_stapling")
 _AUDIT_GLOBAL = ("enabled", "path", "max_size", "backups")
 
 
@@ -239,6 +241,8 @@ def _parse(c: _Checker, tree: Any, profile: bool) -> Document | None:
         _verify(c, top["verify"], layer)
     if "pins" in top:
         _pins(c, top["pins"], layer)
+    if "revocation" in top:
+        _revocation(c, top["revocation"], layer)
     if "server" in top:
         _server(c, top["server"], layer)
     if "app_overrides" in top:
@@ -403,6 +407,21 @@ def _pins(c: _Checker, value: Any, layer: dict[str, Any]) -> None:
         layer["pins"] = table
 
 
+def _revocation(c: _Checker, value: Any, layer: dict[str, Any]) -> None:
+    r = c.mapping(value, ("revocation",), _REVOCATION)
+    if r is None:
+        return
+    if "mode" in r:
+        mode = c.choice(r["mode"], ("revocation", "mode"), REVOCATION_MODES)
+        if mode is not None:
+            layer["revocation_mode"] = mode
+    for key in ("checks", "ocsp_stapling", "ocsp", "crl", "cache"):
+        if key in r:
+            b = c.boolean(r[key], ("revocation", key))
+            if b is not None:
+                layer[f"revocation_{key}"] = b
+
+
 def _server(c: _Checker, value: Any, layer: dict[str, Any]) -> None:
     s = c.mapping(value, ("server",), _SERVER)
     if s is None:
@@ -427,6 +446,10 @@ def _server(c: _Checker, value: Any, layer: dict[str, Any]) -> None:
             c.error(("server", "client_ca"), f"must be an absolute path (got {path!r})")
         elif path is not None:
             layer["client_ca"] = path
+    if "ocsp_stapling" in s:
+        b = c.boolean(s["ocsp_stapling"], ("server", "ocsp_stapling"))
+        if b is not None:
+            layer["server_ocsp_stapling"] = b
 
 
 def parse_size(value: Any) -> int | None:
