@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket as _socket_module
 from socket import (  # re-exported so that `from ssa_engine import *` is enough
     AF_INET,
     AF_INET6,
@@ -45,10 +46,12 @@ TLS_VERSION_MAX = 112
 TLS_VERSION_CONN = 113
 TLS_SERVER_OCSP_STAPLING = 122
 TLS_0RTT = 123
+#: ``sendto(data, MSG_FASTOPEN, address)``: connect with TLS 1.3 early data (Linux's value)
+MSG_FASTOPEN = getattr(_socket_module, "MSG_FASTOPEN", 0x20000000)
 
 __all__ = [
     "AF_INET", "AF_INET6", "IPPROTO_TCP", "SHUT_RD", "SHUT_RDWR", "SHUT_WR", "SO_ERROR",
     "SOCK_STREAM", "SOL_SOCKET", "AF_HOSTNAME", "IPPROTO_TLS", "TCP_UPGRADE_TLS", "TLS_1_2",
-    "TLS_1_3",
+    "TLS_1_3", "MSG_FASTOPEN",
 ] + [name for name in list(globals()) if name.startswith("TLS_") and name[4:5].isalpha()
      or name == "TLS_0RTT"]

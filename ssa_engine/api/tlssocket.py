@@ -50,7 +50,9 @@ from ..protocol import (
     Upgrade,
 )
 from ..protocol import options as opt
+from ..protocol.messages import MAX_EARLY_DATA
 from ..protocol.options import TLSOption
+from .constants import MSG_FASTOPEN
 from .control import ControlChannel, ReplyTimeout
 
 _NONBLOCK_FLAGS = getattr(_socket, "SOCK_NONBLOCK", 0) | getattr(_socket, "SOCK_CLOEXEC", 0)
@@ -79,6 +81,7 @@ class TLSSocket(_socket.socket):
     __slots__ = (
         "_ssa_ctl", "_ssa_state", "_ssa_family", "_ssa_proto", "_ssa_pair", "_ssa_peer",
         "_ssa_local", "_ssa_so_error", "_ssa_error", "_ssa_eof", "_ssa_shut_rd", "_ssa_id",
+        "_ssa_0rtt", "_ssa_lazy",
     )
 
     def __init__(
@@ -102,6 +105,8 @@ class TLSSocket(_socket.socket):
         self._ssa_eof: OSError | None | bool = False  # False: not at EOF yet
         self._ssa_shut_rd = False
         self._ssa_id = 0
+        self._ssa_0rtt = False  # TLS_0RTT: connect() waits for the first send
+        self._ssa_lazy: Any = None  # the address of that lazy connect
         if proto in (0, _socket.IPPROTO_TCP):
             # A plain TCP socket of the same class (STARTTLS upgrade: issue 6).
             super().__init__(family, type, proto, fileno)
@@ -170,7 +175,6 @@ class TLSSocket(_socket.socket):
     def connect(self, address: Any) -> None:  # type: ignore[override]
         if not self._tls:
             return super().connect(address)
-        ctl = self._control()
         if self._ssa_state == _CONNECTING:
             self._ssa_collect_connect(blocking=self.gettimeout() != 0.0)
             if self._ssa_state == _CONNECTING:
@@ -181,17 +185,28 @@ class TLSSocket(_socket.socket):
         if self._ssa_state == _BROKEN:
             raise OSError(errno.EBADFD, f"socket unusable after an earlier error: "
                           f"{self._ssa_error}")
+        if self._ssa_lazy is not None:
+            raise OSError(errno.EISCONN, "Transport endpoint is already connected")
         host, port = _parse_address(address)
+        if self._ssa_0rtt:
+            # TLS_0RTT: the first send() connects and travels as early data
+            self._ssa_lazy = (host, port)
+            return
+        self._ssa_connect(host, port, None)
+
+    def _ssa_connect(self, host: str, port: int, early: bytes | None) -> None:
+        ctl = self._control()
         timeout = self.gettimeout()
         try:
-            request = Connect(host=host, port=port)
+            request = Connect(host=host, port=port, early_data=early)
         except ValueError as exc:
             raise OSError(errno.EINVAL, f"cannot connect to this host: {exc}") from None
         filler = self._ssa_fill() if timeout == 0.0 else 0
         pair = self._ssa_pair
         assert pair is not None
         try:
-            ctl.send(Connect(host=request.host, port=port, filler=filler), [pair.fileno()])
+            ctl.send(Connect(host=request.host, port=port, filler=filler, early_data=early),
+                     [pair.fileno()])
         finally:
             pair.close()
             self._ssa_pair = None
@@ -275,6 +290,13 @@ class TLSSocket(_socket.socket):
         messages = [self._ssa_setsockopt_message(lv, name, v) for lv, name, v in options]
         if messages:
             self._control().request_many(messages)
+            for level, optname, value in options:
+                self._ssa_note_option(level, optname, value)
+
+    def _ssa_note_option(self, level: int, optname: int, value: Any) -> None:
+        """Options the library acts on itself, after the engine accepted them."""
+        if level == opt.IPPROTO_TLS and optname == TLSOption.ZERO_RTT:
+            self._ssa_0rtt = bool(value)
 
     def setsockopt(self, level: int, optname: int, value: Any,  # type: ignore[override]
                    optlen: int | None = None) -> None:
@@ -292,6 +314,7 @@ class TLSSocket(_socket.socket):
                 return super().setsockopt(level, optname, value)
             return super().setsockopt(level, optname, value, optlen)
         self._control().request(self._ssa_setsockopt_message(level, optname, value))
+        self._ssa_note_option(level, optname, value)
 
     def _ssa_setsockopt_message(self, level: int, optname: int, value: Any) -> SetSockOpt:
         if level == _socket.IPPROTO_TCP and optname == opt.TCP_UPGRADE_TLS:
@@ -402,6 +425,7 @@ class TLSSocket(_socket.socket):
     def _ssa_check_recv(self, flags: int) -> None:
         if flags & ~_RECV_FLAGS:
             raise ValueError(f"flags {flags:#x} are not supported on TLS sockets")
+        self._ssa_connect_now()
         if self._ssa_state == _BROKEN:
             raise OSError(errno.EBADFD, f"socket unusable after an earlier error: "
                           f"{self._ssa_error}")
@@ -474,20 +498,53 @@ class TLSSocket(_socket.socket):
 
     def send(self, data: Any, flags: int = 0) -> int:  # type: ignore[override]
         if self._tls:
+            if self._ssa_lazy is not None:
+                return self._ssa_send_early(data)
             self._ssa_check_send(flags)
         return super().send(data, flags)
 
     def sendall(self, data: Any, flags: int = 0) -> None:  # type: ignore[override]
         if self._tls:
+            if self._ssa_lazy is not None:
+                view = memoryview(data).cast("B")
+                data = view[self._ssa_send_early(view):]
+                if not data:
+                    return None
             self._ssa_check_send(flags)
         return super().sendall(data, flags)
 
     def sendto(self, data: Any, *args: Any) -> int:  # type: ignore[override]
         if not self._tls:
             return super().sendto(data, *args)
-        # sendto(data, MSG_FASTOPEN, address) is TLS 1.3 0-RTT: issue 6.
-        raise OSError(errno.EOPNOTSUPP, "sendto is not supported on TLS sockets yet; "
-                      "connect() and send()")
+        if len(args) != 2 or not args[0] & MSG_FASTOPEN or args[0] & ~MSG_FASTOPEN:
+            raise OSError(errno.EOPNOTSUPP, "on a TLS socket, sendto takes exactly "
+                          "(data, MSG_FASTOPEN, address): connect with TLS 1.3 early data")
+        if self._ssa_state != _CREATED or self._ssa_lazy is not None:
+            raise OSError(errno.EISCONN, "Transport endpoint is already connected")
+        self._ssa_lazy = _parse_address(args[1])
+        return self._ssa_send_early(data)
+
+    def _ssa_send_early(self, data: Any) -> int:
+        """Connect with ``data`` as the first bytes (0-RTT when a session allows it).
+
+        Like TCP Fast Open: the bytes taken are returned (at most MAX_EARLY_DATA);
+        a non-blocking socket returns them at once, the handshake continues.
+        """
+        host, port = self._ssa_lazy
+        self._ssa_lazy = None
+        chunk = bytes(memoryview(data).cast("B")[:MAX_EARLY_DATA])
+        try:
+            self._ssa_connect(host, port, chunk)
+        except BlockingIOError:
+            pass  # EINPROGRESS: the bytes are with the engine
+        return len(chunk)
+
+    def _ssa_connect_now(self) -> None:
+        """A lazy (TLS_0RTT) connect that must happen before this call: no early data."""
+        if self._ssa_lazy is not None:
+            host, port = self._ssa_lazy
+            self._ssa_lazy = None
+            self._ssa_connect(host, port, None)
 
     def sendmsg(self, *args: Any, **kwargs: Any) -> int:  # type: ignore[override]
         if not self._tls:
@@ -576,6 +633,8 @@ class TLSSocket(_socket.socket):
         self._ssa_eof = False
         self._ssa_shut_rd = False
         self._ssa_id = info.socket_id
+        self._ssa_0rtt = False
+        self._ssa_lazy = None
         ctl_sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, ctl_fd)
         self._ssa_ctl = ControlChannel.adopt(ctl_sock)
         _socket.socket.__init__(self, _socket.AF_UNIX, _socket.SOCK_STREAM, 0, data_fd)

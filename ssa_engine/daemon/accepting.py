@@ -140,6 +140,8 @@ class ServerSide:
                 client_trust_store=o.policy.client_ca,
                 alpn=o.alpn,
                 only_name=o.server_name,
+                session_reuse=o.session_reuse and o.session_ttl != 0,
+                early_data=self._early_data_allowed(o),
             )
             if not cfg.credentials:
                 raise ApiError(errno.EPROTO, "a TLS server needs a certificate: set "
@@ -213,6 +215,17 @@ class ServerSide:
         if table:
             self.listener.contexts.enable_acme(table, self.loop.time)
 
+    @staticmethod
+    def _early_data_allowed(o: SocketOptions) -> bool:
+        """TLS_0RTT on a listener takes early data only where the policy allows it."""
+        if not o.zero_rtt:
+            return False
+        if not o.policy.early_data:
+            raise ApiError(errno.EPROTO, f"TLS_0RTT: the {o.policy.source} does not allow early "
+                           "data on servers (server.early_data: true allows it; early data can "
+                           "be replayed, see docs/developer-guide.md)")
+        return o.session_reuse and o.session_ttl != 0
+
     def refresh_certificates(self) -> None:
         """The store changed: serve its current versions from the next handshake on."""
         o = self.options
@@ -274,7 +287,8 @@ class ServerSide:
             "accept", self.peer, o.policy.profile, conn=conn if error is None else None,
             local=local, remote=remote, sni=sni, verify=verify, error=error))
 
-    def _offer(self, conn: SSL.Connection, tcp: socket.socket, sni: str | None) -> None:
+    def _offer(self, conn: SSL.Connection, tcp: socket.socket, sni: str | None,
+               early: bytes = b"") -> None:
         """A verified connection: hand it to the application's accept()."""
         assert self.listener is not None and self.options is not None
         if conn.get_alpn_proto_negotiated() == ACME_TLS_1:
@@ -304,7 +318,7 @@ class ServerSide:
         ctl_engine.setblocking(False)
         child = type(self)(self.engine, ctl_engine, self.peer.dup())
         self.engine.sessions.add(child)
-        child.adopt_accepted(self, conn, tcp, data_engine, sni, peer)
+        child.adopt_accepted(self, conn, tcp, data_engine, sni, peer, early)
         self.send(Accepted(socket_id=child.socket_id, local_host=local[0], local_port=local[1],
                            peer_host=peer[0], peer_port=peer[1]),
                   fds=[data_app.detach(), ctl_app.detach()])
@@ -369,7 +383,8 @@ class ServerSide:
             self.send(Ok())
 
     def adopt_accepted(self, listener: Session, conn: SSL.Connection, tcp: socket.socket,
-                       data: socket.socket, sni: str | None, peer: tuple[str, int]) -> None:
+                       data: socket.socket, sni: str | None, peer: tuple[str, int],
+                       early: bytes = b"") -> None:
         """Become the engine side of an accepted socket."""
         assert listener.options is not None
         self.hello_done = True
@@ -392,6 +407,11 @@ class ServerSide:
         if log.isEnabledFor(logging.INFO):
             log.info("%s: accepted %s %s %s sni=%s", self._who(), self.remote,
                      conn.get_protocol_version_name(), conn.get_cipher_name(), sni)
+        if early:
+            # the client's 0-RTT bytes come first in the stream; the application
+            # asks getsockopt(TLS_0RTT) whether they did (they may be a replay)
+            self.early_data = True
+            data.sendall(early)  # <= 16 KiB into an empty 1 MiB socket buffer
         self.relay = Relay(self.loop, conn, tcp, data, self._on_stream_end,
                            self._on_relay_finished)
         self.relay.start()

@@ -12,6 +12,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from ..policy import TLS_1_3
 from ..protocol import (
     Connect,
     Connected,
@@ -24,8 +25,10 @@ from .auditing import connection_record
 from .listener import handshake
 from .options import ApiError, Unexpected, apply_tcp_option
 from .relay import Relay
+from .sessions import ClientSessionWatch, max_early_data, write_early_data
 from .tlsctx import (
     ClientConfig,
+    ContextCache,
     CredentialError,
     describe_handshake_error,
     ip_literal,
@@ -95,7 +98,8 @@ class ClientSide:
         _drain_filler(data, m.filler)
         self.relay = Relay(self.loop, self.conn, self.tcp, data, self._on_stream_end,
                            self._on_relay_finished)
-        self.relay.start()
+        self.relay.start(first=self.first_bytes)
+        self.first_bytes = b""
 
     def _audit_connect(self, *, local: object = None, remote: object = None,
                        verify: str = "ok", error: str | None = None) -> None:
@@ -170,6 +174,8 @@ class ClientSide:
         revocation = o.revocation()
         if revocation.checks and revocation.ocsp_stapling:
             conn.request_ocsp()  # status_request: the server may staple (RFC 6066 section 8)
+        early = getattr(m, "early_data", None) or b""
+        watch, sent_early = self._resume(conn, cfg, verify_name, m.port, early)
         self.conn = conn
         try:
             async with asyncio.timeout(policy.handshake_timeout):
@@ -184,6 +190,16 @@ class ClientSide:
             raise ApiError(errno.EPROTO, f"certificate verification failed: {text}")
         # revocation, also for a resumed session (which has no chain to check below)
         await self.engine.revocation.check_server(conn, revocation, policy.source, self._who())
+        # early data went out only with a session from this program, this server
+        # and these settings and pins: it goes to the server that was verified then
+        self.early_data = bool(sent_early and watch is not None and watch.early_accepted)
+        self.first_bytes = early[sent_early:] if self.early_data else early
+        if fastio.session_reused(conn):
+            # the chain was checked (key sizes, pins) when this session was made,
+            # under the same cache key; a resumed handshake carries no chain
+            if watch is not None:
+                watch.handshake_done(conn)
+            return
         chain = conn.get_verified_chain() or []
         weak = fastio.weak_key(chain, policy.level.min_rsa_bits, policy.level.min_ec_bits)
         if weak is not None:
@@ -192,6 +208,33 @@ class ClientSide:
         pins = policy.pins_for(verify_name)
         if pins:
             check_pins(chain, verify_name, pins, policy.source)
+        if watch is not None:
+            watch.handshake_done(conn)  # only a fully checked session is ever cached
+
+    def _resume(self, conn: SSL.Connection, cfg: ClientConfig, host: str, port: int,
+                early: bytes) -> tuple[ClientSessionWatch | None, int]:
+        """Offer this program's cached session for host:port, with early data if allowed.
+
+        Returns the watch that will cache the new session, and the bytes sent as
+        early data (0 when none could be).
+        """
+        o = self.options
+        assert o is not None
+        if not o.session_reuse or o.session_ttl == 0:
+            return None, 0
+        key = (self._program_key(), host, port, ContextCache.key(cfg),
+               o.policy.pins_for(host), o.revocation())
+        cache = self.engine.client_sessions
+        watch = ClientSessionWatch(cache, key, o.session_ttl)
+        sent = 0
+        cached = cache.get(key)
+        if cached is not None:
+            conn.set_session(cached)
+            limit = max_early_data(cached)
+            if early and limit > 0 and cfg.settings.max_version >= TLS_1_3:
+                sent = write_early_data(conn, early[:limit])
+        watch.attach(conn)
+        return watch, sent
 
     async def _tcp_connect(self, host: str, port: int, timeout: float) -> socket.socket:
         literal = ip_literal(host)

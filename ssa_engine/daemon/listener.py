@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from OpenSSL import SSL
 
-from .servertls import ServerContexts
+from .servertls import MAX_EARLY_DATA, ServerContexts
+from .sessions import read_early_data
 from .tlsctx import _openssl_text
 
 if TYPE_CHECKING:
@@ -221,7 +222,8 @@ class _Handshake:
     sweep timer enforces the deadline.
     """
 
-    __slots__ = ("listener", "tcp", "addr", "fd", "conn", "deadline", "_r", "_w")
+    __slots__ = ("listener", "tcp", "addr", "fd", "conn", "deadline", "_r", "_w", "early",
+                 "reading_early")
 
     def __init__(self, listener: Listener, tcp: socket.socket, addr: tuple[str, int]) -> None:
         self.listener = listener
@@ -230,6 +232,9 @@ class _Handshake:
         self.fd = tcp.fileno()
         self.conn = SSL.Connection(listener.contexts.default, tcp)
         self.conn.set_accept_state()
+        #: early data read so far; None when the listener takes none
+        self.early: list[bytes] | None = [] if listener.contexts.cfg.early_data else None
+        self.reading_early = self.early is not None
         self.deadline = listener.loop.time() + listener.timeout
         self._r = self._w = False
         listener._handshakes[self.fd] = self
@@ -252,6 +257,15 @@ class _Handshake:
 
     def step(self) -> None:
         try:
+            if self.reading_early:
+                # TLS 1.3 early data is read before the handshake ends (RFC 8446
+                # section 4.2.10); without this call OpenSSL would refuse it
+                assert self.early is not None
+                state = read_early_data(self.conn, self.early, MAX_EARLY_DATA)
+                if state != "done":
+                    self._watch(state == "read", state == "write")
+                    return
+                self.reading_early = False
             self.conn.do_handshake()
         except SSL.WantReadError:
             self._watch(True, False)
@@ -275,8 +289,10 @@ class _Handshake:
         listener._handshake_ended(self)
         raw = self.conn.get_servername()
         listener.accepted += 1
+        early = b"".join(self.early) if self.early else b""
         try:
-            listener._on_ready(self.conn, self.tcp, raw.decode("ascii", "replace") if raw else None)
+            listener._on_ready(self.conn, self.tcp, raw.decode("ascii", "replace") if raw else None,
+                               early)
         except OSError as exc:
             self.tcp.close()
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):

@@ -8,7 +8,7 @@ import itertools
 import re
 import socket
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -33,6 +33,7 @@ from ..policy.model import CLIENT_AUTH
 from ..protocol import FrameError
 from ..protocol import options as opt
 from ..protocol.options import TLSOption
+from .sessions import DEFAULT_SESSION_TTL, MAX_SESSION_TTL
 from .tlsctx import (
     CredentialError,
     Credentials,
@@ -89,6 +90,11 @@ class SocketOptions:
     #: TLS_REQUEST_PEER_AUTH: 0 off, 1 require, 2 request
     peer_auth: int = 0
     peer_auth_set: bool = False
+    #: TLS_SESSION_REUSE and TLS_SESSION_TTL (client sessions; listeners: tickets)
+    session_reuse: bool = True
+    session_ttl: int = DEFAULT_SESSION_TTL
+    #: TLS_0RTT: on a listener, accept early data (when the policy allows it)
+    zero_rtt: bool = False
     #: TLS_SERVER_OCSP_STAPLING; None: the policy's server.ocsp_stapling
     server_stapling: bool | None = None
     app: AppRequests = field(default_factory=AppRequests)
@@ -152,6 +158,16 @@ class SocketOptions:
                 if self.app.min_version is not None and v < self.app.min_version:
                     raise ApiError(errno.EINVAL, "TLS_VERSION_MAX below TLS_VERSION_MIN")
                 self.app.max_version = v
+        elif name is TLSOption.SESSION_REUSE:
+            self.session_reuse = _flag(number, name)
+        elif name is TLSOption.SESSION_TTL:
+            ttl = _int(number, name)
+            if not 0 <= ttl <= MAX_SESSION_TTL:
+                raise ApiError(errno.EINVAL, f"TLS_SESSION_TTL: 0 (no caching) to {MAX_SESSION_TTL} "
+                               "seconds (RFC 8446 section 4.6.1)")
+            self.session_ttl = ttl
+        elif name is TLSOption.ZERO_RTT:
+            self.zero_rtt = _flag(number, name)
         elif name in REVOCATION_OPTIONS or name is TLSOption.SERVER_OCSP_STAPLING:
             self._set_revocation(name, _int(number, name))
         elif name in (TLSOption.DISABLE_CIPHER, TLSOption.ENABLE_CIPHER):
@@ -184,6 +200,19 @@ class SocketOptions:
         if not -(1 << 31) <= number < (1 << 31):
             raise ApiError(errno.EINVAL, f"socket option value {number} does not fit a C int")
         return number
+
+    def snapshot(self) -> SocketOptions:
+        """What TLS_CONTEXT shares: every setting except the peer's name."""
+        snap = self.copy()
+        snap.remote_hostname = None
+        return snap
+
+    def copy(self) -> SocketOptions:
+        return replace(self, extra_trust=list(self.extra_trust), chains=list(self.chains),
+                       keys=list(self.keys), tcp=dict(self.tcp),
+                       app=replace(self.app, disabled=set(self.app.disabled),
+                                   enabled=set(self.app.enabled),
+                                   revocation=dict(self.app.revocation)))
 
     def _set_revocation(self, name: TLSOption, number: int) -> None:
         if number not in (0, 1):
@@ -273,6 +302,13 @@ def _int(number: int | None, name: TLSOption) -> int:
     if number is None:
         raise ApiError(errno.EINVAL, f"TLS_{name.name} takes an int value")
     return number
+
+
+def _flag(number: int | None, name: TLSOption) -> bool:
+    value = _int(number, name)
+    if value not in (0, 1):
+        raise ApiError(errno.EINVAL, f"TLS_{name.name} takes 0 or 1")
+    return bool(value)
 
 
 def _certs(value: bytes | None, what: str) -> tuple[x509.Certificate, ...]:

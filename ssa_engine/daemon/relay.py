@@ -132,9 +132,19 @@ class Relay:
                 self._loop.remove_writer(self._app_fd)
 
     # -- start and stop -------------------------------------------------------
-    def start(self) -> None:
-        self._app_reading(True)
+    def start(self, first: bytes = b"") -> None:
+        """Start relaying; ``first`` goes to the peer before anything the app writes.
+
+        (``first``: the 0-RTT bytes the server refused or that did not fit.)
+        """
         self._tcp_reading(True)
+        if first:
+            buf = fastio.Buffer(len(first))
+            buf.view[:] = first
+            self.bytes_up += len(first)
+            self._write_up(buf, 0, len(first))  # enables app reading once written
+        else:
+            self._app_reading(True)
         # The handshake may have left application data decrypted in OpenSSL.
         self._read_tls()
 

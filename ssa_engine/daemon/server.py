@@ -24,6 +24,7 @@ from .identity import PeerIdentity, peer_identity
 from .reload import Configuration
 from .revocation import Revocation
 from .session import Session
+from .sessions import ContextRegistry, SessionCache
 from .tlsctx import ContextCache
 
 log = logging.getLogger("ssa.engine")
@@ -62,6 +63,8 @@ class Engine:
         #: revocation caches and OCSP stapling, shared by all sockets
         self.revocation = Revocation()
         self.contexts = ContextCache()
+        self.client_sessions = SessionCache()
+        self.tls_contexts = ContextRegistry()
         self.sessions: set[Session] = set()
         self.sockets = 0
         self.connected = 0
@@ -132,6 +135,7 @@ class Engine:
             "bytes_relayed_total": self.bytes_relayed,
             "revocation": self.revocation.status(),
             "cached_contexts": len(self.contexts),
+            "cached_client_sessions": len(self.client_sessions),
             "programs": self._programs(live),
         }
 

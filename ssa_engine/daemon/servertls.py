@@ -32,6 +32,8 @@ _PROTO = {0x0303: SSL.TLS1_2_VERSION, 0x0304: SSL.TLS1_3_VERSION}
 _TLSEXT_ERR_OK = 0
 _TLSEXT_ERR_ALERT_FATAL = 2  # OpenSSL sends the alert preset for SNI: unrecognized_name
 _TLSEXT_ERR_NOACK = 3  # continue without ALPN
+#: Security parameter: early data a listener accepts per connection (bytes)
+MAX_EARLY_DATA = 16384
 #: RFC 8737: the ALPN protocol of ACME tls-alpn-01 validation
 ACME_TLS_1 = b"acme-tls/1"
 
@@ -66,6 +68,10 @@ class ServerConfig:
     client_trust_store: str | None = None  # a PEM bundle file from the policy
     alpn: tuple[bytes, ...] = ()
     only_name: str | None = None  # TLS_HOSTNAME
+    #: resumption (TLS 1.3 tickets, TLS 1.2 session ids); off: full handshakes only
+    session_reuse: bool = True
+    #: accept TLS 1.3 early data (policy server.early_data and TLS_0RTT on the listener)
+    early_data: bool = False
 
 
 @dataclass
@@ -125,6 +131,13 @@ class ServerContexts:
         fastio.set_groups(ctx, s.groups)
         fastio.set_sigalgs(ctx, s.sigalgs)
         ctx.set_session_id(b"ssa-engine")
+        if not cfg.session_reuse:
+            ctx.set_options(SSL.OP_NO_TICKET)
+            ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        elif cfg.early_data:
+            # OpenSSL's anti-replay (each ticket accepted for early data once) works
+            # through the server session cache, which set_session_id turned on
+            lib.SSL_CTX_set_max_early_data(ctx._context, MAX_EARLY_DATA)  # noqa: SLF001
         if cfg.client_auth:
             mode = SSL.VERIFY_PEER
             if cfg.client_auth == 1:

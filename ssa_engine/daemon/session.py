@@ -98,6 +98,8 @@ class Session(ClientSide, ServerSide, UpgradeSide):
         self.bound: socket.socket | None = None  # the outside listening socket
         self.sni: str | None = None  # accepted sockets: the SNI the client sent
         self.sent_sni: str | None = None  # client sockets: the SNI we sent
+        self.early_data = False  # the first bytes travelled as TLS 1.3 early data
+        self.first_bytes = b""  # client: what must be sent right after the handshake
         self.server_cfg: ServerConfig | None = None  # listeners: what their contexts use
         self.certs_from_store = False  # listeners serving the administrator's certificates
         self.pha_timer: asyncio.TimerHandle | None = None
@@ -330,8 +332,32 @@ class Session(ClientSide, ServerSide, UpgradeSide):
         self._require(Request.SET_TLS_OPTION)
         if spec.is_int and m.int_value is None:
             raise ApiError(errno.EINVAL, f"TLS_{name.name} takes an int value")
-        self.options.set_tls(name, m.value, m.int_value)
+        if name is TLSOption.CONTEXT:
+            self._adopt_context(m.value or b"")
+        else:
+            self.options.set_tls(name, m.value, m.int_value)
         self.send(Ok())
+
+    def _program_key(self) -> tuple[int, str | None, str | None]:
+        """Whose sessions and TLS_CONTEXT ids these are: never shared across programs.
+
+        A program is its user, its executable and its process name (one
+        interpreter runs many programs; their names tell them apart).
+        """
+        peer = self.peer
+        if peer.exe is None and peer.comm is None:
+            return (peer.uid, f"pid {peer.pid}", None)  # unknown: this process only
+        return (peer.uid, peer.exe, peer.comm)
+
+    def _adopt_context(self, ident: bytes) -> None:
+        if self.state is not SocketState.CREATED:
+            raise ApiError(errno.EISCONN, "TLS_CONTEXT can only be set before connect or listen")
+        snapshot = self.engine.tls_contexts.lookup(self._program_key(), ident)
+        if snapshot is None:
+            raise ApiError(errno.EINVAL, "TLS_CONTEXT: unknown context id (ids come from "
+                           "getsockopt(TLS_CONTEXT) in the same program)")
+        assert self.options is not None
+        self.options = snapshot.copy()
 
     def _on_getsockopt(self, m: GetSockOpt) -> None:
         assert self.options is not None
@@ -387,6 +413,15 @@ class Session(ClientSide, ServerSide, UpgradeSide):
             return self.last_error.encode()
         if name is TLSOption.ID:
             return self.socket_id
+        if name is TLSOption.SESSION_REUSE:
+            return int(o.session_reuse)
+        if name is TLSOption.SESSION_TTL:
+            return o.session_ttl
+        if name is TLSOption.ZERO_RTT:
+            # connected: did the first bytes travel as early data; else the setting
+            return int(self.early_data) if self.conn is not None else int(o.zero_rtt)
+        if name is TLSOption.CONTEXT:
+            return self.engine.tls_contexts.register(self._program_key(), o.snapshot())
         assert conn is not None
         if name is TLSOption.PEER_IDENTITY:
             return fastio.peer_subject_oneline(conn).encode()

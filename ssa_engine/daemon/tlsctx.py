@@ -96,14 +96,18 @@ class ContextCache:
         self._items: OrderedDict[object, SSL.Context] = OrderedDict()
         self._size = size
 
-    def client(self, cfg: ClientConfig) -> SSL.Context:
-        key = (
+    @staticmethod
+    def key(cfg: ClientConfig) -> tuple[object, ...]:
+        return (
             cfg.settings,
             cfg.trust_store,
             cfg.verify_depth,
             cfg.extra_trust,
             cfg.credentials.digest if cfg.credentials else None,
         )
+
+    def client(self, cfg: ClientConfig) -> SSL.Context:
+        key = self.key(cfg)
         ctx = self._items.get(key)
         if ctx is None:
             ctx = build_client_context(cfg)

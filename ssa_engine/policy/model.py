@@ -116,6 +116,9 @@ class Policy:
     revocation: RevocationPolicy = field(default_factory=RevocationPolicy)
     #: listeners staple OCSP responses for certificates whose issuer has a responder
     server_ocsp_stapling: bool = True
+    #: listeners that ask for it (TLS_0RTT) may take TLS 1.3 early data, which an
+    #: attacker can replay: off unless the administrator allows it
+    early_data: bool = False
 
     @property
     def effective_min_version(self) -> int:
@@ -177,6 +180,7 @@ class Layer:
     revocation_crl: bool | None = None
     revocation_cache: bool | None = None
     server_ocsp_stapling: bool | None = None
+    early_data: bool | None = None
 
     def is_set(self, name: str) -> bool:
         return getattr(self, name) is not None
@@ -209,7 +213,7 @@ def overlay(base: Policy, layer: Layer, *, source: str, profile: str | None = No
         changes.update({name: None for name in _TLS_FROM_LEVEL})
     for name in _TLS_FROM_LEVEL + ("handshake_timeout", "app_overrides", "server_certificates",
                                    "client_auth", "client_ca", "audit",
-                                   "server_ocsp_stapling"):
+                                   "server_ocsp_stapling", "early_data"):
         value = getattr(layer, name)
         if value is not None:
             changes[name] = value

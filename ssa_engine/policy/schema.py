@@ -50,7 +50,7 @@ _TOP = {
     "verify": "trust_store, verify_depth, allow_app_trust, allow_ip_names",
     "pins": "host -> list of sha256/BASE64 SPKI pins",
     "revocation": "checks, mode, ocsp_stapling, ocsp, crl, cache",
-    "server": "certificates, client_auth, client_ca, ocsp_stapling",
+    "server": "certificates, client_auth, client_ca, ocsp_stapling, early_data",
     "app_overrides": "settings the application may relax: " + ", ".join(OVERRIDES),
     "handshake_timeout": "seconds a TLS handshake may take",
     "audit": "log this program's connections (true/false; ssa.yaml: also path, max_size, backups)",
@@ -58,7 +58,7 @@ _TOP = {
 _TLS = ("min_version", "max_version", "ciphers", "ciphersuites", "groups")
 _VERIFY = ("trust_store", "verify_depth", "allow_app_trust", "allow_ip_names")
 _REVOCATION = ("checks", "mode", "ocsp_stapling", "ocsp", "crl", "cache")
-_SERVER = ("certificates", "client_auth", "client_ca", "ocsp_stapling")
+_SERVER = ("certificates", "client_auth", "client_ca", "ocsp_stapling", "early_data")
 _AUDIT_GLOBAL = ("enabled", "path", "max_size", "backups")
 
 
@@ -450,6 +450,10 @@ def _server(c: _Checker, value: Any, layer: dict[str, Any]) -> None:
         b = c.boolean(s["ocsp_stapling"], ("server", "ocsp_stapling"))
         if b is not None:
             layer["server_ocsp_stapling"] = b
+    if "early_data" in s:
+        b = c.boolean(s["early_data"], ("server", "early_data"))
+        if b is not None:
+            layer["early_data"] = b
 
 
 def parse_size(value: Any) -> int | None:

@@ -45,6 +45,11 @@ class MessageType(enum.IntEnum):
     STATUS_REPLY = 49  #: engine -> app: status document (JSON text)
 
 
+#: Security parameter: the most bytes a CONNECT may carry for 0-RTT (TLS 1.3
+#: servers advertise 16384 at most in practice; the rest follows the handshake).
+MAX_EARLY_DATA = 65536
+
+
 class FieldTag(enum.IntEnum):
     """Field tags; each has one fixed kind (see FIELD_KINDS)."""
 
@@ -72,6 +77,7 @@ class FieldTag(enum.IntEnum):
     SOFTWARE = 22  #: str, engine name and version
     DOCUMENT = 23  #: str, JSON document
     BACKLOG = 24  #: u32, completed connections the engine queues for accept()
+    EARLY_DATA = 25  #: bytes, the first bytes to send, as TLS 1.3 early data if possible
 
 
 class FieldKind(enum.Enum):
@@ -110,6 +116,7 @@ FIELD_KINDS: dict[FieldTag, FieldKind] = {
     FieldTag.SOFTWARE: FieldKind.STR,
     FieldTag.DOCUMENT: FieldKind.STR,
     FieldTag.BACKLOG: _U32,
+    FieldTag.EARLY_DATA: FieldKind.BYTES,
 }
 
 _LIMITS = {_U16: 1 << 16, _U32: 1 << 32, _U64: 1 << 64, FieldKind.I64: 1 << 63}
@@ -249,11 +256,14 @@ class Connect(Message):
     host: str = _f(FieldTag.HOST)
     port: int = _f(FieldTag.PORT)
     filler: int = _f(FieldTag.FILLER, 0)
+    early_data: bytes | None = _f(FieldTag.EARLY_DATA, None)
 
     def __post_init__(self) -> None:
         Message.__post_init__(self)
         if not self.host:
             raise ValueError("empty host")
+        if self.early_data is not None and len(self.early_data) > MAX_EARLY_DATA:
+            raise ValueError(f"EARLY_DATA longer than {MAX_EARLY_DATA} bytes")
 
 
 @_register

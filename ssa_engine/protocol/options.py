@@ -97,7 +97,7 @@ OPTIONS: dict[TLSOption, OptionSpec] = {
     TLSOption.CERTIFICATE_CHAIN: OptionSpec(_B, _S),
     TLSOption.PRIVATE_KEY: OptionSpec(_B, _S),
     TLSOption.ALPN: OptionSpec(_B, _SG),
-    TLSOption.SESSION_TTL: OptionSpec(_I, _SG, implemented=False),
+    TLSOption.SESSION_TTL: OptionSpec(_I, _SG),
     TLSOption.DISABLE_CIPHER: OptionSpec(_B, _S),
     TLSOption.PEER_IDENTITY: OptionSpec(_B, _G),
     TLSOption.REQUEST_PEER_AUTH: OptionSpec(_I, _SG),
@@ -111,15 +111,15 @@ OPTIONS: dict[TLSOption, OptionSpec] = {
     TLSOption.OCSP_CHECKS: OptionSpec(_I, _SG),
     TLSOption.CRL_CHECKS: OptionSpec(_I, _SG),
     TLSOption.CACHED_REV_CHECKS: OptionSpec(_I, _SG),
-    TLSOption.CONTEXT: OptionSpec(_B, _SG, implemented=False),
-    TLSOption.SESSION_REUSE: OptionSpec(_I, _SG, implemented=False),
+    TLSOption.CONTEXT: OptionSpec(_B, _SG),
+    TLSOption.SESSION_REUSE: OptionSpec(_I, _SG),
     TLSOption.RESUMED_SESSION: OptionSpec(_I, _G),
     TLSOption.ENABLE_CIPHER: OptionSpec(_B, _S),
     TLSOption.VERSION_MIN: OptionSpec(_I, _SG),
     TLSOption.VERSION_MAX: OptionSpec(_I, _SG),
     TLSOption.VERSION_CONN: OptionSpec(_I, _G),
     TLSOption.SERVER_OCSP_STAPLING: OptionSpec(_I, _SG),
-    TLSOption.ZERO_RTT: OptionSpec(_I, _SG, implemented=False),
+    TLSOption.ZERO_RTT: OptionSpec(_I, _SG),
 }
 
 # Levels other than IPPROTO_TLS whose options the engine applies to the
