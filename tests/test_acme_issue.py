@@ -85,7 +85,15 @@ def test_http01_standalone_three_names_and_an_ip(pebble, tmp_path) -> None:
     # the account is stored once, key 0600
     keys = list((state / "accounts").rglob("key.pem"))
     assert len(keys) == 1 and keys[0].stat().st_mode & 0o777 == 0o600
-    assert ssa_admin("cert", "list", "--json", "--state-dir", str(state)).returncode == 0
+    listed = ssa_admin("cert", "list", "--json", "--state-dir", str(state))
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = json.loads(listed.stdout)
+    assert entry["next_renewal"] and entry["next_renewal"] < entry["not_after"]
+    shown = ssa_admin("cert", "show", "www.one.test", "--json", "--state-dir", str(state))
+    assert shown.returncode == 0, shown.stderr
+    renewal = json.loads(shown.stdout)["renewal"]
+    assert renewal["source"] == "ari" and len(renewal["window"]) == 2  # the CA's window
+    assert renewal["window"][0] <= renewal["due"] <= renewal["window"][1]
 
 
 @pytest.mark.parametrize("key_type", ["ec-p384", "rsa-2048", "rsa-3072"])

@@ -83,7 +83,21 @@ def _summary(store: Store, v: Version, now: dt.datetime) -> dict[str, Any]:
         "source": m.source,
         "version": v.number,
         "path": str(store.folder(v.name)),
+        "next_renewal": _next_renewal(v, now),
     }
+
+
+def _next_renewal(v: Version, now: dt.datetime) -> str | None:
+    """When `cert renew` will renew it, estimated offline (one third of the lifetime
+    left; `cert show` asks the CA's renewal information). None: not an ACME certificate."""
+    from ssa_engine.store import iso
+
+    m = v.meta
+    if m.acme is None:
+        return None
+    if m.acme.options.get("revoked") or m.not_after <= now:
+        return iso(now)
+    return iso(m.not_after - (m.not_after - m.not_before) / 3)
 
 
 def _files(store: Store, name: str) -> dict[str, str]:
@@ -153,10 +167,11 @@ def list_(state_dir: StateDir = None, as_json: Json = False) -> None:
         typer.echo(f"No certificates in {store.certs}.")
     else:
         rows = [[d["name"], ", ".join(d["domains"]), d["key_type"], d["issuer"],
-                 d["not_after"], str(d["days_left"]), d["status"]] if "error" not in d
-                else [d["name"], "-", "-", "-", "-", "-", "damaged"] for d in docs]
+                 d["not_after"], str(d["days_left"]), d["next_renewal"] or "- (imported)",
+                 d["status"]] if "error" not in d
+                else [d["name"], "-", "-", "-", "-", "-", "-", "damaged"] for d in docs]
         _table(None, ["name", "domains", "key type", "issuer", "not after", "days left",
-                      "status"], rows)
+                      "next renewal", "status"], rows)
     for message in errors:
         typer.echo(f"ssa-admin: {message}", err=True)
     if errors:
@@ -168,9 +183,11 @@ def show(
     name: Annotated[str, typer.Argument(help="Store name.", show_default=False,
                                         autocompletion=complete_certificates)],
     state_dir: StateDir = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Do not ask the CA for its "
+                                          "renewal window (ARI).")] = False,
     as_json: Json = False,
 ) -> None:
-    """Show one certificate: files, chain, SPKI pin, dates and every stored version."""
+    """Show one certificate: files, chain, SPKI pin, dates, renewal window, every version."""
     from cryptography import x509
 
     from ssa_engine.store import CorruptEntry, iso
@@ -197,6 +214,7 @@ def show(
                       "not_after": iso(v.meta.not_after), "source": v.meta.source,
                       "created": iso(v.meta.created)} for v in versions],
         "acme": m.acme.to_json() if m.acme else None,
+        "renewal": _renewal(current, now, offline),
     }
     if as_json:
         _print_json(doc)
@@ -211,6 +229,37 @@ def show(
     ]
     pairs += [(f"{kind} file", path) for kind, path in doc["files"].items()]
     pairs += [(f"chain[{i}]", c["subject"]) for i, c in enumerate(doc["chain"])]
+    if doc["renewal"]:
+        r = doc["renewal"]
+        text = f"{r['due']} ({r['source']}"
+        if r.get("window"):
+            text += f": ARI window {r['window'][0]} to {r['window'][1]}"
+        pairs.append(("next renewal", text + ")" + (f"; {r['note']}" if r.get("note") else "")))
     if m.acme:
         pairs += [(f"acme {k}", str(v)) for k, v in m.acme.to_json().items() if v]
     _pairs(pairs)
+
+
+def _renewal(v: Version, now: dt.datetime, offline: bool) -> dict[str, Any] | None:
+    """The renewal time `cert renew` would use, asking the CA's ARI unless offline."""
+    if v.meta.acme is None:
+        return None
+    from ssa_admin.acme.client import Acme
+    from ssa_admin.acme.errors import AcmeError
+    from ssa_admin.acme.renew import due_time
+
+    acme = None
+    note = None
+    if not offline:
+        try:
+            acme = Acme(v.meta.acme.server, None, ca_bundle=v.meta.acme.ca_bundle, max_wait=5)
+        except AcmeError as exc:
+            note = f"the CA was not asked: {str(exc).splitlines()[0]}"
+    try:
+        doc = due_time(v, acme, now).to_json()
+    finally:
+        if acme is not None:
+            acme.close()
+    if note and not doc.get("note"):
+        doc["note"] = note
+    return doc
