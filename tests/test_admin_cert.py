@@ -188,11 +188,11 @@ def test_list_plain_text_when_not_a_terminal(state: Path, pki: PKI) -> None:
     lines = out.splitlines()
     assert code == 0 and len(lines) == 2
     assert lines[0].split() == ["name", "domains", "key", "type", "issuer", "not", "after",
-                                "days", "left", "status"]
+                                "days", "left", "next", "renewal", "status"]
     leaf = _leaf(pki.server)
     assert lines[1].split("  ")[0] == "example.com"
     for cell in ("localhost, 127.0.0.1, ::1", "ec-p256", "CN=Test Root CA,O=Test,C=US",
-                 _iso(leaf.not_valid_after_utc), "valid"):
+                 _iso(leaf.not_valid_after_utc), "- (imported)", "valid"):
         assert cell in lines[1]
     assert "\x1b[" not in out and "\u2502" not in out and "\u2500" not in out  # no colour, no box
 
