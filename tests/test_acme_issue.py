@@ -332,6 +332,24 @@ def test_tls_alpn01_through_a_live_engine_listener(pebble, engine_factory, monke
         strict = ssl.create_default_context(cadata=pebble.roots_pem())
         strict.load_verify_locations(cadata=pebble.intermediates_pem())
         assert fetch(strict) == wanted  # and it verifies up to Pebble's root
+        # a renewal (tls-alpn-01 through the engine again) reaches the live listener:
+        # openssl s_client sees the new certificate by SNI
+        res = ssa_admin("cert", "renew", "live.test", "--force", "--state-dir", str(state),
+                        "--socket", str(eng.socket), "--json")
+        assert res.returncode == 0, res.stderr
+        renewed = current(state, "live.test")[0]
+        assert renewed.serial_number != leaf.serial_number
+
+        def s_client_serial() -> int:
+            out = subprocess.run(
+                ["openssl", "s_client", "-connect", f"127.0.0.1:{pebble.tls_port}",
+                 "-servername", "live.test"],
+                input=b"", capture_output=True, timeout=30).stdout
+            pem = out[out.index(b"-----BEGIN CERTIFICATE-----"):]
+            return x509.load_pem_x509_certificate(pem).serial_number
+
+        wait_for(lambda: s_client_serial() == renewed.serial_number, 15,
+                 "the listener to serve the renewed certificate")
     finally:
         lst.close()
         t.join(10)
