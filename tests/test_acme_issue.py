@@ -253,17 +253,25 @@ def test_killed_issuance_leaves_the_store_consistent(pebble, tmp_path) -> None:
     hook = tmp_path / "slow-hook.sh"
     hook.write_text(f"#!/bin/sh\ntouch {tmp_path}/hook-started\nsleep 60\n")
     hook.chmod(0o755)
+    errors = (tmp_path / "err").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "ssa_admin", "cert", "issue", "kill.test", "--server",
          pebble.directory_url, "--ca-bundle", str(pebble.ca_bundle), "--agree-tos",
          "--profile", "default", "--state-dir", str(state), "--challenge", "dns-01",
-         "--dns-hook", str(hook)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--dns-hook", str(hook)], stdout=subprocess.DEVNULL, stderr=errors,
         start_new_session=True)
+
+    def started() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"ssa-admin ended early: {(tmp_path / 'err').read_text()}")
+        return (tmp_path / "hook-started").exists()
+
     try:
-        wait_for(lambda: (tmp_path / "hook-started").exists(), 60, "the hook to start")
+        wait_for(started, 60, "the hook to start")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        errors.close()
     assert (state / "certs" / "kill.test" / "current").resolve() == before
     leaf, chain, _ = current(state, "kill.test")
     verify(pebble, leaf, chain, "kill.test")
