@@ -147,7 +147,7 @@ def test_unknown_key_without_a_close_one_has_no_suggestion() -> None:
      "test.yaml:5:5: verify -> trust_store: must be a non-empty string (got a mapping)"),
     ("server: www.example.com\n",
      "test.yaml:3:9: server: must be a mapping of certificates, client_auth, client_ca, "
-     "ocsp_stapling, early_data (got string 'www.example.com')"),
+     "ocsp_stapling, early_data, ticket_rotation (got string 'www.example.com')"),
     # choices
     ("tls:\n  min_version: '1.1'\n",
      "test.yaml:4:16: tls -> min_version: must be one of \"1.2\", \"1.3\" (got '1.1')"),

@@ -263,3 +263,25 @@ def test_server_early_data_and_a_replayed_ticket(pki, engine_factory, monkeypatc
     assert first[1] == 0
     assert accepted[0].startswith(b"GET /early\n") and accepted[1:] == (1, 1)
     assert replayed[1] == 0 and not replayed[0].startswith(b"GET /early")
+
+
+def test_ticket_keys_rotate_on_the_policy_schedule(pki, engine_factory, monkeypatch,
+                                                   tmp_path) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "ssa.yaml").write_text("server:\n  ticket_rotation: 1\n")
+    eng = engine_factory("--config-dir", str(config))
+    monkeypatch.setenv("SSA_ENGINE_SOCKET", str(eng.socket))
+    sess = tmp_path / "sess.pem"
+    acc = _Acceptor(_listener(pki))
+    try:
+        port = acc.lst.getsockname()[1]
+        wait_for(lambda: "new session-ticket keys" in eng.log.read_text(), 10, "a rotation")
+        _s_client(port, pki.ca.pem, "-sess_out", str(sess))
+        mark = eng.log.read_text().count("new session-ticket keys")
+        wait_for(lambda: eng.log.read_text().count("new session-ticket keys") > mark, 10,
+                 "the next rotation")
+        # a ticket from before the rotation no longer resumes: a full handshake
+        assert "New, TLSv1.3" in _s_client(port, pki.ca.pem, "-sess_in", str(sess))
+    finally:
+        acc.close()

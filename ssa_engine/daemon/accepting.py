@@ -177,6 +177,7 @@ class ServerSide:
         self.role = "listener"
         self.state = SocketState.LISTENING
         self.listener.start()
+        self._schedule_ticket_rotation()
         log.info("%s: listening on %s", self._who(), self.listener.address())
 
     # -- ACME tls-alpn-01 through a live listener ------------------------------------
@@ -225,6 +226,29 @@ class ServerSide:
                            "data on servers (server.early_data: true allows it; early data can "
                            "be replayed, see docs/developer-guide.md)")
         return o.session_reuse and o.session_ttl != 0
+
+    def _schedule_ticket_rotation(self) -> None:
+        o = self.options
+        if self.listener is None or o is None or not (o.session_reuse and o.session_ttl):
+            return
+        self.listener.rotation = self.loop.call_later(o.policy.ticket_rotation,
+                                                      self.rotate_tickets)
+
+    def rotate_tickets(self) -> None:
+        """New contexts, hence new session-ticket keys (OpenSSL makes them per context)."""
+        o = self.options
+        if self.listener is None or self.listener.closed or o is None:
+            return
+        assert self.server_cfg is not None
+        try:
+            self.listener.contexts = ServerContexts(self.server_cfg)
+            self.engine.revocation.stapler.attach(self.listener.contexts, o.ocsp_stapling())
+            self.apply_acme()
+        except (SSL.Error, ValueError) as exc:
+            log.error("%s: could not renew the session-ticket keys: %s", self._who(), exc)
+        else:
+            log.info("%s: new session-ticket keys", self._who())
+        self._schedule_ticket_rotation()
 
     def refresh_certificates(self) -> None:
         """The store changed: serve its current versions from the next handshake on."""

@@ -61,6 +61,8 @@ class Listener:
         self.loop = session.loop
         self.tcp = tcp
         self.port: int = tcp.getsockname()[1]
+        #: the timer of the next session-ticket key rotation (accepting.py)
+        self.rotation: asyncio.TimerHandle | None = None
         self.notify = notify
         self.contexts = contexts
         self.backlog = max(1, min(backlog, 65535))
@@ -176,6 +178,8 @@ class Listener:
             self._resume.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.rotation is not None:
+            self.rotation.cancel()
         for hs in list(self._handshakes.values()):
             hs.abandon()
         self.tcp.close()

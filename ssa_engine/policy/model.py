@@ -16,6 +16,8 @@ from .levels import DEFAULT_LEVEL, LEVELS, Level
 
 #: default TLS handshake timeout, seconds (ARCHITECTURE.md section 3)
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: default lifetime of a listener's session-ticket keys, seconds
+DEFAULT_TICKET_ROTATION = 12 * 3600.0
 
 #: what ``server.client_auth`` may say, weakest first
 CLIENT_AUTH = ("none", "request", "require")
@@ -119,6 +121,8 @@ class Policy:
     #: listeners that ask for it (TLS_0RTT) may take TLS 1.3 early data, which an
     #: attacker can replay: off unless the administrator allows it
     early_data: bool = False
+    #: seconds between two session-ticket keys of a listener (new keys: new tickets)
+    ticket_rotation: float = DEFAULT_TICKET_ROTATION
 
     @property
     def effective_min_version(self) -> int:
@@ -181,6 +185,7 @@ class Layer:
     revocation_cache: bool | None = None
     server_ocsp_stapling: bool | None = None
     early_data: bool | None = None
+    ticket_rotation: float | None = None
 
     def is_set(self, name: str) -> bool:
         return getattr(self, name) is not None
@@ -213,7 +218,7 @@ def overlay(base: Policy, layer: Layer, *, source: str, profile: str | None = No
         changes.update({name: None for name in _TLS_FROM_LEVEL})
     for name in _TLS_FROM_LEVEL + ("handshake_timeout", "app_overrides", "server_certificates",
                                    "client_auth", "client_ca", "audit",
-                                   "server_ocsp_stapling", "early_data"):
+                                   "server_ocsp_stapling", "early_data", "ticket_rotation"):
         value = getattr(layer, name)
         if value is not None:
             changes[name] = value

@@ -38,6 +38,8 @@ Locator = Callable[[tuple[Key, ...], bool], tuple[int, int] | None]
 #: Security parameter: bounds on numbers an administrator may set.
 MAX_HANDSHAKE_TIMEOUT = 300.0
 MAX_VERIFY_DEPTH = 100
+#: a ticket key older than 7 days would outlive every ticket (RFC 8446 section 4.6.1)
+MAX_TICKET_ROTATION = 7 * 24 * 3600.0
 _PIN = re.compile(r"^sha256/([A-Za-z0-9+/]{43}=)$")
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _SIZE = re.compile(r"^(\d+)\s*([kKmMgG]?)i?[bB]?$")
@@ -50,7 +52,7 @@ _TOP = {
     "verify": "trust_store, verify_depth, allow_app_trust, allow_ip_names",
     "pins": "host -> list of sha256/BASE64 SPKI pins",
     "revocation": "checks, mode, ocsp_stapling, ocsp, crl, cache",
-    "server": "certificates, client_auth, client_ca, ocsp_stapling, early_data",
+    "server": "certificates, client_auth, client_ca, ocsp_stapling, early_data, ticket_rotation",
     "app_overrides": "settings the application may relax: " + ", ".join(OVERRIDES),
     "handshake_timeout": "seconds a TLS handshake may take",
     "audit": "log this program's connections (true/false; ssa.yaml: also path, max_size, backups)",
@@ -58,7 +60,8 @@ _TOP = {
 _TLS = ("min_version", "max_version", "ciphers", "ciphersuites", "groups")
 _VERIFY = ("trust_store", "verify_depth", "allow_app_trust", "allow_ip_names")
 _REVOCATION = ("checks", "mode", "ocsp_stapling", "ocsp", "crl", "cache")
-_SERVER = ("certificates", "client_auth", "client_ca", "ocsp_stapling", "early_data")
+_SERVER = ("certificates", "client_auth", "client_ca", "ocsp_stapling", "early_data",
+           "ticket_rotation")
 _AUDIT_GLOBAL = ("enabled", "path", "max_size", "backups")
 
 
@@ -454,6 +457,10 @@ def _server(c: _Checker, value: Any, layer: dict[str, Any]) -> None:
         b = c.boolean(s["early_data"], ("server", "early_data"))
         if b is not None:
             layer["early_data"] = b
+    if "ticket_rotation" in s:
+        t = c.number(s["ticket_rotation"], ("server", "ticket_rotation"), 1, MAX_TICKET_ROTATION)
+        if t is not None:
+            layer["ticket_rotation"] = float(t)
 
 
 def parse_size(value: Any) -> int | None:
