@@ -124,7 +124,9 @@ class Http01Standalone(Responder):
         server.socket = sock
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="http-01", daemon=True)
+        # a short poll interval: shutdown() waits for serve_forever's next poll
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,),
+                                        name="http-01", daemon=True)
         self._thread.start()
 
     def add(self, identifier: str, challb: Any, account_key: jose.JWK) -> None:
@@ -258,7 +260,7 @@ class TlsAlpn01Standalone(Responder):
             self._sock = _dual_stack(self.port)
         except OSError as exc:
             raise _bind_error(self.port, exc, "tls-alpn-01") from None
-        self._sock.settimeout(0.2)
+        self._sock.settimeout(0.05)  # how soon stop() is noticed
         self._thread = threading.Thread(target=self._serve, name="tls-alpn-01", daemon=True)
         self._thread.start()
 
