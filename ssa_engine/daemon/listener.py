@@ -108,6 +108,10 @@ class Listener:
 
     def _on_acceptable(self) -> None:
         for _ in range(64):
+            # closed meanwhile: by an offer that failed, or after the event loop had
+            # already queued this callback (the reader's removal does not unqueue it)
+            if self.closed:
+                return
             if self._full():
                 self._pause()
                 return
