@@ -205,7 +205,7 @@ def issue(
     from ssa_admin.acme.client import resolve_server
     from ssa_admin.acme.order import KEY_TYPES, IssueRequest, normalize_identifiers
     from ssa_admin.acme.order import issue as run_issue
-    from ssa_admin.profiles import reload_engine
+    from ssa_admin.engine import reload_engine
     from ssa_engine.store import Store, validate_name
 
     if challenge not in CHALLENGES:

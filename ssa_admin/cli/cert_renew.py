@@ -137,7 +137,7 @@ def renew(
     """Renew the ACME certificates that are due (ARI, else one third of the lifetime left)."""
     from ssa_admin.acme.accounts import AccountStore
     from ssa_admin.acme.renew import Outcome, Renewer
-    from ssa_admin.profiles import reload_engine
+    from ssa_admin.engine import reload_engine
     from ssa_engine.store import Store, StoreError
 
     if dry_run and deploy_hook:
@@ -274,7 +274,7 @@ def delete(
     as_json: Json = False,
 ) -> None:
     """Remove NAME and all its versions from the store (it is not revoked)."""
-    from ssa_admin.profiles import reload_engine
+    from ssa_admin.engine import reload_engine
     from ssa_engine.store import Store
 
     store = Store(state_dir or paths.state_dir())

@@ -21,7 +21,7 @@ import typer
 from ssa_engine import paths
 
 if TYPE_CHECKING:
-    from ssa_admin.profiles import ReloadResult
+    from ssa_admin.engine import ReloadResult
     from ssa_engine.config import ConfigError
 
 StateDir = Annotated[

@@ -36,8 +36,9 @@ from .common import (
 from .completion import complete_applied_profiles
 
 if TYPE_CHECKING:  # heavy: imported when a command runs
+    from ssa_admin.engine import ReloadResult
     from ssa_admin.live_chain import LiveChain
-    from ssa_admin.profiles import EditableFile, ReloadResult
+    from ssa_admin.profiles import EditableFile
 
 app = typer.Typer(
     name="pin",
@@ -193,7 +194,7 @@ def _pins_of(value: Any) -> list[str]:
 
 
 def _save_and_reload(ef: EditableFile, config: Path, socket: Path | None) -> ReloadResult:
-    from ssa_admin.profiles import reload_engine
+    from ssa_admin.engine import reload_engine
 
     with failures(edit=True):
         ef.save(config)

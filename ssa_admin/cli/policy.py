@@ -19,7 +19,7 @@ app = typer.Typer(
 @app.command("show")
 def show(config: ConfigDir = None, as_json: Json = False) -> None:
     """Show the default policy in force: built-in defaults overlaid by ssa.yaml."""
-    from ssa_admin.profiles import effective_default
+    from ssa_admin.effective import effective_default
 
     from .profile import show_effective
 
@@ -39,6 +39,7 @@ def set_level(
     socket: Socket = None,
 ) -> None:
     """Set the default security level in ssa.yaml (comments and layout kept) and reload."""
+    from ssa_admin import engine as _engine
     from ssa_admin import profiles
     from ssa_engine.policy.levels import LEVELS
 
@@ -49,4 +50,4 @@ def set_level(
         old = profiles.set_level(directory, level)
     was = f" (was {old})" if old is not None else ""
     typer.echo(f"{directory / 'ssa.yaml'}: level {level}{was}")
-    report_reload(profiles.reload_engine(socket), after_edit=True)
+    report_reload(_engine.reload_engine(socket), after_edit=True)

@@ -40,7 +40,7 @@ from .completion import (
 )
 
 if TYPE_CHECKING:
-    from ssa_admin.profiles import Effective
+    from ssa_admin.effective import Effective
 
 app = typer.Typer(
     name="profile",
@@ -113,7 +113,7 @@ def show_effective(effective: Effective, title: str, as_json: bool) -> None:
 @app.command("list")
 def list_(config: ConfigDir = None, as_json: Json = False) -> None:
     """List bundled and applied profiles: state, level, match rules, description."""
-    from ssa_admin.profiles import profile_list
+    from ssa_admin.effective import profile_list
 
     with failures():
         rows = profile_list(config_dir(config))
@@ -139,7 +139,7 @@ def show(
     as_json: Json = False,
 ) -> None:
     """Show the effective settings of a profile: the default policy plus the profile."""
-    from ssa_admin.profiles import effective_profile
+    from ssa_admin.effective import effective_profile
 
     with failures():
         eff = effective_profile(config_dir(config), name, bundled=bundled)
@@ -165,7 +165,8 @@ def apply(
     socket: Socket = None,
 ) -> None:
     """Install a profile into profiles.d/, naming the program's path here, and reload."""
-    from ssa_admin.profiles import apply_profile, reload_engine
+    from ssa_admin.engine import reload_engine
+    from ssa_admin.profiles import apply_profile
 
     if path is not None and name_only:
         usage_error("--path and --name-only exclude each other")
@@ -195,7 +196,8 @@ def remove(
     socket: Socket = None,
 ) -> None:
     """Remove an applied profile from profiles.d/ and reload."""
-    from ssa_admin.profiles import reload_engine, remove_profile
+    from ssa_admin.engine import reload_engine
+    from ssa_admin.profiles import remove_profile
 
     with failures(edit=True):
         path = remove_profile(config_dir(config), name)
@@ -223,7 +225,8 @@ def new(
     socket: Socket = None,
 ) -> None:
     """Create a commented skeleton profile in profiles.d/ and reload."""
-    from ssa_admin.profiles import new_profile, reload_engine
+    from ssa_admin.engine import reload_engine
+    from ssa_admin.profiles import new_profile
     from ssa_engine.policy.levels import LEVELS
 
     if not (path or program or user or unit):
@@ -252,7 +255,7 @@ def validate(
     as_json: Json = False,
 ) -> None:
     """Check configuration files; print every error as FILE:LINE:COL: KEYS: MESSAGE."""
-    from ssa_admin.profiles import validate_files
+    from ssa_admin.effective import validate_files
     from ssa_engine.config import ConfigErrors, load_config
 
     directory = config_dir(config)
@@ -337,7 +340,7 @@ def explain(
     as_json: Json = False,
 ) -> None:
     """Which profile governs a process or a program, and why."""
-    from ssa_admin.profiles import explain as explain_
+    from ssa_admin.effective import explain as explain_
     from ssa_engine.config import load_config
     from ssa_engine.config.program import program_for_path, program_for_pid
 

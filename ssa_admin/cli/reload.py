@@ -11,6 +11,6 @@ def reload(socket: Socket = None) -> None:
     The engine also reloads by itself when a file changes and on SIGHUP; a
     broken file is reported and the last good configuration stays in force.
     """
-    from ssa_admin.profiles import reload_engine
+    from ssa_admin.engine import reload_engine
 
     report_reload(reload_engine(socket), after_edit=False)

@@ -159,7 +159,7 @@ def _plain(doc: dict[str, Any]) -> None:
 
 def status(socket: Socket = None, as_json: Json = False) -> None:
     """Show the running engine's status; exit 1 when no engine is running."""
-    from ssa_admin.profiles import engine_status
+    from ssa_admin.engine import engine_status
     from ssa_engine import paths
 
     path = socket or paths.engine_socket()
