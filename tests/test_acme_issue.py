@@ -143,6 +143,42 @@ def test_tls_alpn01_standalone(pebble, tmp_path) -> None:
     verify(pebble, *current(state, "alpn.test")[:2], "alpn.test")
 
 
+def test_tls_alpn01_standalone_waits_for_a_late_client_hello(tmp_path) -> None:
+    """A validation client that connects, then sends its ClientHello later, still gets
+    the challenge certificate (seen in CI: the responder dropped such connections)."""
+    import hashlib
+    import types
+
+    import josepy as jose
+
+    from ssa_admin.acme.responders import ACME_IDENTIFIER_OID, TLSALPN01, TlsAlpn01Standalone
+
+    from .acme_server import free_port
+
+    account_key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+    chall = TLSALPN01(token=os.urandom(32))
+    responder = TlsAlpn01Standalone(free_port())
+    responder.start()
+    try:
+        responder.add("late.test", types.SimpleNamespace(chall=chall), account_key)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # RFC 8737: the validator checks the extension instead
+        ctx.set_alpn_protocols(["acme-tls/1"])
+        for delay in (0.0, 0.5):
+            raw = socket.create_connection(("127.0.0.1", responder.port), timeout=10)
+            time.sleep(delay)
+            with ctx.wrap_socket(raw, server_hostname="late.test") as tls:
+                assert tls.selected_alpn_protocol() == "acme-tls/1"
+                der = tls.getpeercert(binary_form=True)
+            ext = x509.load_der_x509_certificate(der).extensions.get_extension_for_oid(
+                ACME_IDENTIFIER_OID)
+            digest = hashlib.sha256(chall.key_authorization(account_key).encode()).digest()
+            assert ext.critical and ext.value.value == b"\x04\x20" + digest
+    finally:
+        responder.stop()
+
+
 def test_dns01_hook_with_a_wildcard(pebble, tmp_path) -> None:
     hook = tmp_path / "dns-hook.py"
     hook.write_text(textwrap.dedent(f"""

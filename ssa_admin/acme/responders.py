@@ -18,6 +18,7 @@ import ipaddress
 import os
 import shlex
 import socket
+import struct
 import subprocess
 import threading
 from pathlib import Path
@@ -35,6 +36,8 @@ from .errors import ChallengeError
 #: RFC 8737 section 6.1: id-pe-acmeIdentifier
 ACME_IDENTIFIER_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 ACME_TLS_ALPN = b"acme-tls/1"
+#: how long one validation handshake may take before its connection is dropped
+_HANDSHAKE_SECONDS = 10
 
 
 def _bind_error(port: int, exc: OSError, what: str) -> ChallengeError:
@@ -265,13 +268,15 @@ class TlsAlpn01Standalone(Responder):
         self._thread.start()
 
     def add(self, identifier: str, challb: Any, account_key: jose.JWK) -> None:
-        from OpenSSL import SSL, crypto
+        from OpenSSL import SSL
 
         cert_pem, key_pem = tls_alpn_certificate(identifier, key_authorization(challb, account_key))
         ctx = SSL.Context(SSL.TLS_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-        ctx.use_certificate(crypto.load_certificate(crypto.FILETYPE_PEM, cert_pem))
-        ctx.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem))
+        ctx.use_certificate(x509.load_pem_x509_certificate(cert_pem))
+        key = serialization.load_pem_private_key(key_pem, None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        ctx.use_privatekey(key)
         ctx.set_alpn_select_callback(_select_acme_tls)
         self.certs[identifier.lower()] = ctx
 
@@ -302,7 +307,13 @@ class TlsAlpn01Standalone(Responder):
     def _handshake(base: Any, raw: socket.socket) -> None:
         from OpenSSL import SSL
 
-        raw.settimeout(10)
+        # pyOpenSSL drives the fd itself: it must be a blocking fd (a Python
+        # timeout would make it non-blocking, and a ClientHello that has not
+        # arrived yet would end the handshake), bounded by kernel timeouts.
+        raw.setblocking(True)
+        bound = struct.pack("ll", _HANDSHAKE_SECONDS, 0)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bound)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
         conn = SSL.Connection(base, raw)
         conn.set_accept_state()
         try:
