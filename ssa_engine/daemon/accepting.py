@@ -312,12 +312,17 @@ class ServerSide:
             local=local, remote=remote, sni=sni, verify=verify, error=error))
 
     def _offer(self, conn: SSL.Connection, tcp: socket.socket, sni: str | None,
-               early: bytes = b"") -> None:
-        """A verified connection: hand it to the application's accept()."""
+               early: bytes, reading: bool) -> None:
+        """A verified connection: hand it to the application's accept().
+
+        ``reading``: the handshake left ``tcp`` registered for reading (the
+        relay takes the registration over; on every other path it is dropped).
+        """
         assert self.listener is not None and self.options is not None
         if conn.get_alpn_proto_negotiated() == ACME_TLS_1:
             # a CA's tls-alpn-01 validation: it only needed the handshake (RFC 8737 section 3)
             log.info("%s: answered an ACME tls-alpn-01 validation", self._who())
+            self.loop.remove_reader(tcp.fileno())
             tcp.close()
             return
         try:
@@ -325,6 +330,7 @@ class ServerSide:
             peer = tcp.getpeername()
         except OSError:
             log.info("%s: a client left right after its handshake", self._who())
+            self.loop.remove_reader(tcp.fileno())
             tcp.close()
             return
         self.audit_accept(conn, local, peer, sni)
@@ -342,7 +348,7 @@ class ServerSide:
         ctl_engine.setblocking(False)
         child = type(self)(self.engine, ctl_engine, self.peer.dup())
         self.engine.sessions.add(child)
-        child.adopt_accepted(self, conn, tcp, data_engine, sni, peer, early)
+        child.adopt_accepted(self, conn, tcp, data_engine, sni, peer, early, reading)
         self.send(Accepted(socket_id=child.socket_id, local_host=local[0], local_port=local[1],
                            peer_host=peer[0], peer_port=peer[1]),
                   fds=[data_app.detach(), ctl_app.detach()])
@@ -408,7 +414,7 @@ class ServerSide:
 
     def adopt_accepted(self, listener: Session, conn: SSL.Connection, tcp: socket.socket,
                        data: socket.socket, sni: str | None, peer: tuple[str, int],
-                       early: bytes = b"") -> None:
+                       early: bytes = b"", reading: bool = False) -> None:
         """Become the engine side of an accepted socket."""
         assert listener.options is not None
         self.hello_done = True
@@ -438,4 +444,4 @@ class ServerSide:
             data.sendall(early)  # <= 16 KiB into an empty 1 MiB socket buffer
         self.relay = Relay(self.loop, conn, tcp, data, self._on_stream_end,
                            self._on_relay_finished)
-        self.relay.start()
+        self.relay.start(reader_registered=reading)

@@ -55,7 +55,7 @@ class Listener:
         contexts: ServerContexts,
         backlog: int,
         timeout: float,
-        on_ready: Callable[[SSL.Connection, socket.socket, str | None], None],
+        on_ready: Callable[[SSL.Connection, socket.socket, str | None, bytes, bool], None],
     ) -> None:
         self.session = session
         self.loop = session.loop
@@ -292,7 +292,11 @@ class _Handshake:
         except OSError as exc:
             self.refuse(f"connection error: {exc.strerror}")
             return
-        self._watch(False, False)
+        # The reader stays registered: the relay takes it over (replacing the
+        # callback costs less than unregistering the descriptor and adding it again).
+        reading = self._r
+        self._watch(reading, False)
+        self._r = False
         listener = self.listener
         listener._handshake_ended(self)
         raw = self.conn.get_servername()
@@ -300,8 +304,9 @@ class _Handshake:
         early = b"".join(self.early) if self.early else b""
         try:
             listener._on_ready(self.conn, self.tcp, raw.decode("ascii", "replace") if raw else None,
-                               early)
+                               early, reading)
         except OSError as exc:
+            listener.loop.remove_reader(self.fd)
             self.tcp.close()
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 listener.out_of_resources(exc)
@@ -310,6 +315,7 @@ class _Handshake:
                             listener.address(), exc.strerror)
         except Exception:  # noqa: BLE001 - one connection must not break the listener
             log.exception("listener %s: could not offer a connection", listener.address())
+            listener.loop.remove_reader(self.fd)
             self.tcp.close()
 
     def refuse(self, reason: str) -> None:

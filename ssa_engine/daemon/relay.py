@@ -132,11 +132,16 @@ class Relay:
                 self._loop.remove_writer(self._app_fd)
 
     # -- start and stop -------------------------------------------------------
-    def start(self, first: bytes = b"") -> None:
+    def start(self, first: bytes = b"", *, reader_registered: bool = False) -> None:
         """Start relaying; ``first`` goes to the peer before anything the app writes.
 
         (``first``: the 0-RTT bytes the server refused or that did not fit.)
+        ``reader_registered``: the TCP descriptor is still registered for
+        reading (by the handshake); its callback is replaced, not re-added.
         """
+        if reader_registered:
+            self._tcp_r = True
+            self._loop.add_reader(self._tcp_fd, self._on_tcp_readable)
         self._tcp_reading(True)
         if first:
             buf = fastio.Buffer(len(first))
