@@ -200,6 +200,57 @@ def test_listener_readable_only_when_accept_would_not_block(pki) -> None:  # typ
                 assert select.select([lst], [], [], 0.1)[0] == []
 
 
+def test_backlog_bounds_connections_waiting_for_accept(pki) -> None:  # type: ignore[no-untyped-def]
+    """An application that does not accept() stops the engine from taking more
+    connections than its backlog; once it accepts, the waiting ones go through.
+
+    (As with TCP's backlog, handshakes already running when the backlog fills
+    may still finish: the first clients here come one at a time.)
+    """
+    backlog = 3
+    lst = ssa_engine.create_server(("127.0.0.1", 0), certfile=pki.server.chain,
+                                   keyfile=pki.server.key, backlog=backlog)
+    ctx = ssl.create_default_context(cafile=str(pki.ca.pem))
+    clients: list[ssl.SSLSocket] = []
+
+    def handshake(port: int, done: threading.Event) -> None:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        try:
+            clients.append(ctx.wrap_socket(raw, server_hostname="localhost"))
+            done.set()
+        except OSError:
+            raw.close()
+
+    with lst:
+        port = lst.getsockname()[1]
+        for _ in range(backlog):
+            done = threading.Event()
+            handshake(port, done)
+            time.sleep(0.2)  # the engine offers it before the next one comes
+        waiting = []
+        for _ in range(2):
+            done = threading.Event()
+            threading.Thread(target=handshake, args=(port, done), daemon=True).start()
+            waiting.append(done)
+        # the backlog is full: neither is even handshaken
+        assert not waiting[0].wait(1.0) and not waiting[1].is_set()
+        accepted = [lst.accept()[0]]
+        # room again: the engine takes what the kernel queued meanwhile
+        deadline = time.monotonic() + 10
+        while not any(w.is_set() for w in waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(w.is_set() for w in waiting)
+        lst.settimeout(10)
+        for _ in range(backlog + 1):
+            accepted.append(lst.accept()[0])
+        assert all(w.is_set() for w in waiting)
+        assert len(accepted) == backlog + 2
+        for conn in accepted:
+            conn.close()
+    for c in clients:
+        c.close()
+
+
 def test_certificate_errors_at_setsockopt(pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
     with ssa_engine.socket() as s:
         s.setsockopt(IPPROTO_TLS, ssa_engine.TLS_CERTIFICATE_CHAIN, pki.server.chain)

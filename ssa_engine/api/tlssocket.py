@@ -804,9 +804,10 @@ def _upgrade_host(value: Any) -> str:
 def _data_pair() -> tuple[_socket.socket, _socket.socket]:
     """The plaintext socketpair: (the application's end, the engine's end)."""
     app_end, engine_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    # on a Unix stream socket only the sender's buffer limits what is in flight
+    # (SO_RCVBUF changes nothing), so each end gets SO_SNDBUF alone
     for s in (app_end, engine_end):
         s.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, PAIR_BUFFER)
-        s.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, PAIR_BUFFER)
     return app_end, engine_end
 
 

@@ -341,9 +341,10 @@ class ServerSide:
             data_engine.close()
             data_app.close()
             raise
-        for s in (data_engine, data_app):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _PAIR_BUFFER)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _PAIR_BUFFER)
+        # on a Unix stream socket only the sender's buffer limits what is in flight
+        # (SO_RCVBUF changes nothing), so each end gets SO_SNDBUF alone
+        data_engine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _PAIR_BUFFER)
+        data_app.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _PAIR_BUFFER)
         data_engine.setblocking(False)
         ctl_engine.setblocking(False)
         child = type(self)(self.engine, ctl_engine, self.peer.dup())
@@ -354,6 +355,7 @@ class ServerSide:
                   fds=[data_app.detach(), ctl_app.detach()])
         try:
             self.listener.notify.send(b"\x01")
+            self.listener.offered()
         except OSError:
             log.warning("%s: the application stopped accepting", self._who())
 

@@ -75,6 +75,8 @@ class Listener:
         self.closed = False
         self.refused = 0
         self.accepted = 0
+        #: an upper bound of the offers not accept()ed yet (see _backlog_full)
+        self._waiting_bound = 0
 
     def start(self) -> None:
         self._set_accepting(True)
@@ -97,10 +99,23 @@ class Listener:
         """
         return -(-_outq(self.notify) // _notify_unit())
 
+    def offered(self) -> None:
+        """One more connection waits for the application's accept()."""
+        self._waiting_bound += 1
+
+    def _backlog_full(self) -> bool:
+        # The offers still waiting are at most those counted at the last look
+        # plus those made since: the kernel is asked only when that bound
+        # reaches the backlog (not once per accepted connection).
+        if self._waiting_bound < self.backlog:
+            return False
+        self._waiting_bound = self.waiting_for_app()
+        return self._waiting_bound >= self.backlog
+
     def _full(self) -> bool:
         engine = self.session.engine
         uid = self.session.peer.uid
-        return (len(self._handshakes) >= MAX_HANDSHAKES or self.waiting_for_app() >= self.backlog
+        return (len(self._handshakes) >= MAX_HANDSHAKES or self._backlog_full()
                 or engine.per_user.get(uid, 0) >= engine.max_per_user
                 # an application that does not read its control connection
                 # must not make the engine queue offers (and descriptors) forever
