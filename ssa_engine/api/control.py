@@ -33,6 +33,10 @@ from ..protocol import (
 REPLY_TIMEOUT = 30.0
 
 
+#: the path shown for control connections the engine made (accepted sockets)
+_ADOPTED = Path("(accepted)")
+
+
 class ReplyTimeout(TimeoutError):
     """No reply within the caller's timeout (the engine may still answer later)."""
 
@@ -73,7 +77,7 @@ class ControlChannel:
     def adopt(cls, sock: socket.socket) -> ControlChannel:
         """A control connection the engine created (an accepted socket's), past HELLO."""
         self = cls.__new__(cls)
-        self.path = Path("(accepted)")
+        self.path = _ADOPTED
         self.sock = sock
         self.decoder = Decoder()
         self.closed_event = None
@@ -178,10 +182,14 @@ class ControlChannel:
         return False
 
     def wait_accepted(self, timeout: float | None) -> tuple[Accepted, int, int]:
-        """The next offered connection (its frame, data fd and control fd)."""
+        """The next offered connection (its frame, data fd and control fd).
+
+        The engine sends the frame before the byte that made accept() go on,
+        so it is normally here already: read before polling.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.accepted:
-            message = self._next(deadline)
+            message = self._next(deadline, expected=True)
             if message is None:
                 raise ReplyTimeout("timed out")
             if not self._absorb(message):
@@ -229,7 +237,12 @@ class ControlChannel:
                 raise OSError(errno.EPROTO, f"unexpected frame from the engine: {message!r}")
         return self.closed_event
 
-    def _next(self, deadline: float | None) -> Message | None:
+    def _next(self, deadline: float | None, *, expected: bool = False) -> Message | None:
+        """The next frame, or None at ``deadline``.
+
+        ``expected``: the frame has probably arrived; try to read it before
+        polling (one system call instead of two).
+        """
         while True:
             try:
                 message = self.decoder.next_message()
@@ -241,16 +254,19 @@ class ControlChannel:
             if self.engine_gone:
                 raise OSError(errno.ECONNRESET, "the ssa engine closed the control connection "
                               "(it stopped or restarted)")
-            if deadline is not None:
+            if deadline is not None and not expected:
                 remaining = deadline - time.monotonic()
                 # poll, not select: applications may hold more than 1024 descriptors
                 poller = select.poll()
                 poller.register(self.sock, select.POLLIN)
                 if not poller.poll(max(remaining, 0) * 1000):
                     return None
+            flags = socket.MSG_CMSG_CLOEXEC
+            if expected:
+                flags |= socket.MSG_DONTWAIT
+                expected = False
             try:
-                data, anc, _flags, _ = self.sock.recvmsg(
-                    65536, socket.CMSG_SPACE(4 * 8), socket.MSG_CMSG_CLOEXEC)
+                data, anc, _flags, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(4 * 8), flags)
             except (BlockingIOError, InterruptedError):
                 continue
             except ConnectionResetError:

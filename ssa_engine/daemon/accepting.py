@@ -215,6 +215,7 @@ class ServerSide:
         table = self.engine.acme_challenges.get(self.listener.port)
         if table:
             self.listener.contexts.enable_acme(table, self.loop.time)
+            self.listener.alpn_possible = True
 
     @staticmethod
     def _early_data_allowed(o: SocketOptions) -> bool:
@@ -311,28 +312,29 @@ class ServerSide:
             "accept", self.peer, o.policy.profile, conn=conn if error is None else None,
             local=local, remote=remote, sni=sni, verify=verify, error=error))
 
-    def _offer(self, conn: SSL.Connection, tcp: socket.socket, sni: str | None,
-               early: bytes, reading: bool) -> None:
-        """A verified connection: hand it to the application's accept().
+    def _offer(self, conn: SSL.Connection, tcp: socket.socket, peer: tuple[str, int],
+               sni: str | None, early: bytes, reading: bool) -> None:
+        """A verified connection from ``peer``: hand it to the application's accept().
 
         ``reading``: the handshake left ``tcp`` registered for reading (the
         relay takes the registration over; on every other path it is dropped).
         """
         assert self.listener is not None and self.options is not None
-        if conn.get_alpn_proto_negotiated() == ACME_TLS_1:
+        if self.listener.alpn_possible and conn.get_alpn_proto_negotiated() == ACME_TLS_1:
             # a CA's tls-alpn-01 validation: it only needed the handshake (RFC 8737 section 3)
             log.info("%s: answered an ACME tls-alpn-01 validation", self._who())
             self.loop.remove_reader(tcp.fileno())
             tcp.close()
             return
-        try:
-            local = tcp.getsockname()
-            peer = tcp.getpeername()
-        except OSError:
-            log.info("%s: a client left right after its handshake", self._who())
-            self.loop.remove_reader(tcp.fileno())
-            tcp.close()
-            return
+        local = self.listener.local
+        if local is None:
+            try:
+                local = tcp.getsockname()
+            except OSError:
+                log.info("%s: a client left right after its handshake", self._who())
+                self.loop.remove_reader(tcp.fileno())
+                tcp.close()
+                return
         self.audit_accept(conn, local, peer, sni)
         data_engine, data_app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

@@ -55,12 +55,17 @@ class Listener:
         contexts: ServerContexts,
         backlog: int,
         timeout: float,
-        on_ready: Callable[[SSL.Connection, socket.socket, str | None, bytes, bool], None],
+        on_ready: Callable[[SSL.Connection, socket.socket, tuple[str, int], str | None, bytes,
+                            bool], None],
     ) -> None:
         self.session = session
         self.loop = session.loop
         self.tcp = tcp
-        self.port: int = tcp.getsockname()[1]
+        local = tcp.getsockname()
+        self.port: int = local[1]
+        #: the local address of every accepted connection, unless bound to a wildcard
+        self.local: tuple[str, int] | None = (
+            None if local[0] in ("0.0.0.0", "::") else (local[0], local[1]))
         #: the timer of the next session-ticket key rotation (accepting.py)
         self.rotation: asyncio.TimerHandle | None = None
         self.notify = notify
@@ -77,6 +82,10 @@ class Listener:
         self.accepted = 0
         #: an upper bound of the offers not accept()ed yet (see _backlog_full)
         self._waiting_bound = 0
+        #: ALPN can be negotiated here: the listener lists protocols, or it has
+        #: answered ACME tls-alpn-01 challenges (never reset: a handshake may
+        #: have started before a challenge was removed)
+        self.alpn_possible = bool(contexts.cfg.alpn)
 
     def start(self) -> None:
         self._set_accepting(True)
@@ -318,8 +327,8 @@ class _Handshake:
         listener.accepted += 1
         early = b"".join(self.early) if self.early else b""
         try:
-            listener._on_ready(self.conn, self.tcp, raw.decode("ascii", "replace") if raw else None,
-                               early, reading)
+            listener._on_ready(self.conn, self.tcp, self.addr,
+                               raw.decode("ascii", "replace") if raw else None, early, reading)
         except OSError as exc:
             listener.loop.remove_reader(self.fd)
             self.tcp.close()
