@@ -12,6 +12,12 @@ client (``bench/hs_client.c``: connect, handshake, close_notify, close, as
 * nginx with one worker process (Debian's package, run with a private
   configuration and prefix in the run's temporary folder);
 * ``openssl s_server``;
+* the floor: the engine's own TLS stack (pyOpenSSL on the OpenSSL of the
+  ``cryptography`` wheel, uvloop) in one Python process that does nothing but
+  accept, handshake, wait for the client's close_notify and close (this
+  file with ``_floor``). No server built on that stack can cost less per
+  handshake, so ssa / floor says how much the engine's design adds, and
+  floor / nginx how much Python and that OpenSSL build cost by themselves;
 
 each with an ECDSA P-256 and an RSA-2048 certificate made for the run. For
 each: handshakes per second, server CPU per handshake (user + system from
@@ -90,7 +96,7 @@ from relay import (
 BENCH_DIR = Path(__file__).resolve().parent
 KINDS = {"ec": "ECDSA P-256", "rsa": "RSA-2048"}
 SERVERS = {"nginx": "nginx (1 worker)", "ssa": "ssa (engine + app)",
-           "s_server": "openssl s_server"}
+           "s_server": "openssl s_server", "floor": "pyOpenSSL floor"}
 #: the client's TLS 1.3 suite (all servers accept it; the key share is X25519)
 SUITE = "TLS_AES_128_GCM_SHA256"
 #: connections opened before the memory baseline (first-use allocations)
@@ -100,9 +106,9 @@ HOLD_INFLIGHT = 32
 #: kB = 1000 bytes
 kB = 1000
 #: descriptors the engine holds per accepted connection (TCP socket, plaintext
-#: socketpair end, control socketpair end, the application's pidfd); the
-#: memory figures print the measured count
-ENGINE_FDS = 4
+#: socketpair end, control socketpair end; the application's pidfd is shared
+#: by all of its sockets); the memory figures print the measured count
+ENGINE_FDS = 3
 #: descriptors kept in reserve for everything else in a process
 FD_RESERVE = 512
 
@@ -194,6 +200,87 @@ def app_main(argv: list[str]) -> int:
         held.append(conn)
         if len(held) in targets:
             print(f"held {len(held)}", flush=True)
+
+
+def floor_main(argv: list[str]) -> int:
+    """``_floor CERT KEY SECONDS``: the least a server on the engine's TLS stack can do.
+
+    pyOpenSSL on uvloop, one process: accept, handshake (session tickets as
+    OpenSSL sends them by default, as the engine does), read until the
+    client's close_notify, answer it, close. Prints ``port P``.
+    """
+    cert, key, seconds = argv[0], argv[1], float(argv[2])
+    signal.alarm(max(1, int(seconds)))  # never outlive the benchmark
+    import socket
+
+    import uvloop
+    from OpenSSL import SSL
+
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.use_certificate_chain_file(cert)
+    ctx.use_privatekey_file(key)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((HOST, 0))
+    listener.listen(4096)
+    listener.setblocking(False)
+    loop = uvloop.new_event_loop()
+
+    class Conn:
+        __slots__ = ("tcp", "fd", "tls", "handshaking")
+
+        def __init__(self, tcp: socket.socket) -> None:
+            self.tcp, self.fd = tcp, tcp.fileno()
+            self.tls = SSL.Connection(ctx, tcp)
+            self.tls.set_accept_state()
+            self.handshaking = True
+            self.step()
+
+        def step(self) -> None:
+            try:
+                if self.handshaking:
+                    self.tls.do_handshake()
+                    self.handshaking = False
+                while True:
+                    self.tls.recv(16384)
+            except SSL.WantReadError:
+                loop.add_reader(self.fd, self.step)
+                return
+            except SSL.ZeroReturnError:
+                with contextlib.suppress(SSL.Error):
+                    self.tls.shutdown()
+            except (SSL.Error, OSError):
+                pass
+            loop.remove_reader(self.fd)
+            self.tcp.close()
+
+    def on_acceptable() -> None:
+        for _ in range(64):
+            try:
+                tcp, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            tcp.setblocking(False)
+            Conn(tcp)
+
+    loop.add_reader(listener.fileno(), on_acceptable)
+    print(f"port {listener.getsockname()[1]}", flush=True)
+    loop.run_forever()
+    return 0
+
+
+def start_floor(kind: str, certs: Certs, workdir: Path, lifetime: float) -> tuple[Service, int]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "_floor", str(certs.cert),
+            str(certs.key), str(int(lifetime))]
+    server = Service(f"pyOpenSSL floor {kind}", argv, workdir / f"floor-{kind}.log",
+                     stdout=subprocess.PIPE)
+    try:
+        port = int(LineReader(server.name, server.proc).expect("port", START_TIMEOUT))
+    except BaseException:
+        server.stop()
+        raise
+    return server, port
 
 
 class LineReader:
@@ -636,6 +723,9 @@ def rate_figures(setup: Setup, results: Results) -> dict[str, dict[str, Any]]:
                 round(a / b, 3) if b else None
                 for a, b in zip(row["runs_per_core"], rows[f"nginx/{kind}"]["runs_per_core"],
                                 strict=True)]
+        floor = rows[f"floor/{kind}"]["per_core"]
+        rows[f"ssa/{kind}"]["x_floor"] = round(rows[f"ssa/{kind}"]["per_core"] / floor, 3) \
+            if floor else None
     return rows
 
 
@@ -746,7 +836,10 @@ def print_report(figures: dict[str, Any], args: argparse.Namespace) -> None:
     for row in figures["rates"].values():
         if "engine_cpu_ms" in row:
             print(f"  {row['certificate']}: ssa server CPU per handshake = engine "
-                  f"{row['engine_cpu_ms']:.3f} ms + application {row['app_cpu_ms']:.3f} ms")
+                  f"{row['engine_cpu_ms']:.3f} ms + application {row['app_cpu_ms']:.3f} ms; "
+                  f"ssa / pyOpenSSL floor per core {row['x_floor'] or 0:.2f}")
+    print("  (pyOpenSSL floor: the engine's TLS stack alone, accept + handshake + close in "
+          "one process;\n   no server on that stack can do better)")
     print("negotiated (version, suite, group, server key, signature hash, key bits):")
     for row in figures["rates"].values():
         print(f"  {row['certificate']:12s} {row['server']:20s} {row['negotiated']}")
@@ -919,11 +1012,20 @@ def start_servers(stack: contextlib.ExitStack, workdir: Path, args: argparse.Nam
         readers[f"s_server_{kind}"] = server.cpu
         s_ports[kind] = port
 
+    floor_ports = {}
+    for kind in KINDS:
+        server, port = start_floor(kind, certs[kind], workdir, args.timeout + 60)
+        stack.callback(server.stop)
+        services.append(server)
+        readers[f"floor_{kind}"] = server.cpu
+        floor_ports[kind] = port
+
     for kind in KINDS:
         endpoints += [
             Endpoint("nginx", kind, nginx_ports[kind], ("nginx",)),
             Endpoint("ssa", kind, ssa_ports[kind], ("engine", f"app_{kind}")),
             Endpoint("s_server", kind, s_ports[kind], (f"s_server_{kind}",)),
+            Endpoint("floor", kind, floor_ports[kind], (f"floor_{kind}",)),
         ]
     for service in services:
         stack.callback(service.check_alive)  # runs before the stops: did one crash?
@@ -985,6 +1087,8 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["_app"]:
         sys.exit(app_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["_floor"]:
+        sys.exit(floor_main(sys.argv[2:]))
     try:
         sys.exit(main())
     except (TimeoutError, RuntimeError, subprocess.SubprocessError) as exc:
