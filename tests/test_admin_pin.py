@@ -137,6 +137,33 @@ def test_round_trip_keeps_the_administrators_comments(cli: CLI) -> None:
         assert line in text
 
 
+def test_edits_keep_the_administrators_indentation(cli: CLI) -> None:
+    """Lists flush with their key and four-space mappings stay that way."""
+    original = (
+        "# written by hand, in another style\n"
+        "level: default\n"
+        "tls:\n"
+        "    ciphersuites:\n"
+        "    - TLS_AES_256_GCM_SHA384   # first\n"
+        "    - TLS_AES_128_GCM_SHA256\n"
+        "pins:\n"
+        "    pay.example.com:\n"
+        f"    - {P1}\n"
+    )
+    cli.main.write_text(original)
+    code, _, err = cli("add", "pay.example.com", P2)
+    assert code == 0, err
+    assert cli.main.read_text() == original + f"    - {P2}\n"
+    code, _, err = cli("add", "new.example", P3)
+    assert code == 0, err
+    assert cli.main.read_text() == original + f"    - {P2}\n    new.example:\n    - {P3}\n"
+    code, _, err = cli("remove", "new.example")
+    assert code == 0, err
+    code, _, err = cli("remove", "pay.example.com", P2)
+    assert code == 0, err
+    assert cli.main.read_text() == original
+
+
 def test_adding_only_known_pins_changes_nothing(cli: CLI) -> None:
     cli.main.write_text(COMMENTED)
     before = cli.main.stat().st_mtime_ns

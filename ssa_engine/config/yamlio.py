@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +26,46 @@ from ..policy.schema import ConfigError, ConfigErrors, Key
 MAX_FILE_SIZE = 256 * 1024
 
 
-def _yaml() -> YAML:
+#: (mapping, sequence, offset) indentation, as ``YAML.indent`` takes them: the
+#: layout of the bundled profiles (two spaces; list dashes two in under their key)
+DEFAULT_LAYOUT = (2, 4, 2)
+#: a line that opens a block: ``key:`` or ``- key:`` with nothing after but a comment
+_OPENS_BLOCK = re.compile(r"(- +)?[^\s#-][^#]*?:\s*(#.*)?$")
+
+
+def _yaml(layout: tuple[int, int, int] = DEFAULT_LAYOUT) -> YAML:
     y = YAML(typ="rt")
     y.preserve_quotes = True
-    # the layout of the bundled profiles: lists indented under their key
-    y.indent(mapping=2, sequence=4, offset=2)
+    mapping, sequence, offset = layout
+    y.indent(mapping=mapping, sequence=sequence, offset=offset)
     y.width = 100
     return y
+
+
+def layout_of(text: str) -> tuple[int, int, int]:
+    """The indentation ``text`` uses most, so that a file saved after an edit
+    keeps the administrator's layout (ruamel.yaml keeps comments and order, but
+    writes one indentation for the whole file)."""
+    maps: Counter[int] = Counter()
+    dashes: Counter[int] = Counter()
+    opened: int | None = None  # the column of the key that the previous line opened
+    for raw in text.splitlines():
+        stripped = raw.lstrip(" ")
+        if not stripped or stripped.startswith("#") or raw.startswith("\t"):
+            continue
+        indent = len(raw) - len(stripped)
+        if opened is not None and indent >= opened:
+            if stripped == "-" or stripped.startswith("- "):
+                dashes[indent - opened] += 1
+            elif indent > opened:
+                maps[indent - opened] += 1
+        found = _OPENS_BLOCK.match(stripped)
+        opened = indent + len(found.group(1) or "") if found else None
+    mapping = maps.most_common(1)[0][0] if maps else DEFAULT_LAYOUT[0]
+    offset = dashes.most_common(1)[0][0] if dashes else DEFAULT_LAYOUT[2]
+    if not 1 < mapping <= 8 or not 0 <= offset <= 8:
+        return DEFAULT_LAYOUT
+    return (mapping, offset + 2, offset)
 
 
 def _error(file: str, message: str, line: int | None = None, col: int | None = None) -> ConfigErrors:
@@ -52,6 +87,8 @@ def load_text(text: str, file: str) -> Any:
     except YAMLError as exc:
         raise _error(file, f"invalid YAML: {exc}") from None
     _refuse_aliases(tree, file)
+    if isinstance(tree, CommentedMap):
+        tree._ssa_layout = layout_of(text)  # noqa: SLF001 - read back by dump()
     return tree
 
 
@@ -115,8 +152,9 @@ def locator(tree: Any) -> Any:
 
 
 def dump(tree: Any) -> str:
+    """YAML text of ``tree``, in the layout of the text it was loaded from."""
     out = io.StringIO()
-    _yaml().dump(tree, out)
+    _yaml(getattr(tree, "_ssa_layout", DEFAULT_LAYOUT)).dump(tree, out)
     return out.getvalue()
 
 
