@@ -88,7 +88,7 @@ def load_text(text: str, file: str) -> Any:
         raise _error(file, f"invalid YAML: {exc}") from None
     _refuse_aliases(tree, file)
     if isinstance(tree, CommentedMap):
-        tree._ssa_layout = layout_of(text)  # noqa: SLF001 - read back by dump()
+        tree._ssa_layout = layout_of(text)  # type: ignore[attr-defined]  # read by dump()
     return tree
 
 
