@@ -641,6 +641,13 @@ def test_check_crl_refuses_crls_that_do_not_cover_the_certificate(ca, leaf, tmp_
     until = revstatus.check_crl(crl, url, ca.cert, now)
     answer = revstatus.crl_answer(crl, until, cert, "CRL x")
     assert (answer.status, answer.reason) == (revstatus.Status.REVOKED, "keyCompromise")
+    # the same through the serial-number index the engine builds once per CRL
+    serials = revstatus.crl_serials(crl)
+    assert serials == {cert.serial_number}
+    answer = revstatus.crl_answer(crl, until, cert, "CRL x", serials)
+    assert (answer.status, answer.reason) == (revstatus.Status.REVOKED, "keyCompromise")
+    good = revstatus.crl_answer(make_crl(ca, []), until, cert, "CRL x", frozenset())
+    assert good.status is revstatus.Status.GOOD
     # an issuing distribution point for another URL
     scoped = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
               .last_update(NOW).next_update(NOW + dt.timedelta(days=1))

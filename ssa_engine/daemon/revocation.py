@@ -52,11 +52,13 @@ from . import fastio
 from .httpfetch import FetchError, fetch
 from .options import ApiError
 from .revstatus import (
+    INDEX_BYTES_PER_ENTRY,
     Answer,
     InvalidAnswer,
     Status,
     check_crl,
     crl_answer,
+    crl_serials,
     key_id,
     load_crl,
     ocsp_request,
@@ -76,8 +78,9 @@ CHECK_DEADLINE = 10.0
 MAX_CRL_SIZE = 16 * 1024 * 1024
 #: Security parameter: OCSP answers kept in the cache.
 MAX_OCSP_CACHE = 4096
-#: Security parameter: bytes of CRLs kept in the cache.
-MAX_CRL_CACHE_BYTES = 64 * 1024 * 1024
+#: Security parameter: bytes of CRLs kept in the cache, with their serial-number
+#: indexes (about four times the CRL's own size: revstatus.INDEX_BYTES_PER_ENTRY).
+MAX_CRL_CACHE_BYTES = 128 * 1024 * 1024
 #: Security parameter: seconds a source that failed is not asked again.
 RETRY_AFTER_FAILURE = 10.0
 #: Security parameter: issuers remembered for resumed sessions.
@@ -108,6 +111,8 @@ class _CachedCrl:
     valid_until: dt.datetime
     #: key ids of the issuers it was checked against (signature, scope, time)
     checked_for: set[bytes] = field(default_factory=set)
+    #: the serial numbers it lists (revstatus.crl_serials)
+    serials: frozenset[int] | None = None
 
 
 class Revocation:
@@ -292,18 +297,22 @@ class Revocation:
             entry.valid_until = check_crl(entry.crl, url, issuer, now_utc())
             entry.checked_for.add(ident)
             self._remember_crl(url, entry)  # only a CRL that passed its checks
-        return crl_answer(entry.crl, entry.valid_until, cert, f"CRL {url}")
+        return crl_answer(entry.crl, entry.valid_until, cert, f"CRL {url}", entry.serials)
 
     async def _fetch_crl(self, url: str) -> _CachedCrl:
         self.fetches["crl"] += 1
         data = await fetch(url, limit=MAX_CRL_SIZE)
-        return _CachedCrl(load_crl(data), len(data), now_utc())
+        crl = load_crl(data)
+        serials = await asyncio.to_thread(crl_serials, crl)
+        # the cache's budget covers the index too
+        size = len(data) + INDEX_BYTES_PER_ENTRY * len(serials)
+        return _CachedCrl(crl, size, now_utc(), serials=serials)
 
     def _remember_crl(self, url: str, entry: _CachedCrl) -> None:
         old = self.crl_cache.pop(url, None)
         if old is not None:
             self.crl_bytes -= old.size
-        if entry.size > MAX_CRL_CACHE_BYTES // 4:  # one huge CRL must not empty the cache
+        if entry.size > MAX_CRL_CACHE_BYTES // 2:  # one huge CRL must not empty the cache
             return
         self.crl_cache[url] = entry
         self.crl_bytes += entry.size
