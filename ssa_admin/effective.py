@@ -49,7 +49,7 @@ _OTHER = {
     "server.certificates": "server_certificates", "server.client_auth": "client_auth",
     "server.client_ca": "client_ca", "server.ocsp_stapling": "server_ocsp_stapling",
     **{f"revocation.{k}": f"revocation_{k}"
-       for k in ("checks", "mode", "ocsp_stapling", "ocsp", "crl", "cache")},
+       for k in ("checks", "mode", "scope", "ocsp_stapling", "ocsp", "crl", "cache")},
     "app_overrides": "app_overrides",
     "handshake_timeout": "handshake_timeout", "audit": "audit",
 }
@@ -73,7 +73,8 @@ def settings(policy: Policy) -> dict[str, Any]:
         "verify": {"trust_store": v.trust_store, "verify_depth": v.verify_depth,
                    "allow_app_trust": v.allow_app_trust, "allow_ip_names": v.allow_ip_names},
         "pins": {host: sorted(pins) for host, pins in policy.pins},
-        "revocation": {"checks": r.checks, "mode": r.mode, "ocsp_stapling": r.ocsp_stapling,
+        "revocation": {"checks": r.checks, "mode": r.mode, "scope": r.scope,
+                       "ocsp_stapling": r.ocsp_stapling,
                        "ocsp": r.ocsp, "crl": r.crl, "cache": r.cache},
         "server": {"certificates": list(policy.server_certificates),
                    "client_auth": policy.client_auth, "client_ca": policy.client_ca,

@@ -368,6 +368,66 @@ def test_revoked_via_the_crl_and_the_crl_is_fetched_once(
     assert http_files.hits[f"/rev-{encoding}.crl"] == 1  # cached until its nextUpdate
 
 
+def intermediate(root: CA, directory: Path, name: str, crl_url: str) -> CA:
+    """A CA under ``root`` whose certificate names ``crl_url`` (the root's CRL)."""
+    inter = CA(directory, name)  # its own key and name; the certificate is replaced
+    inter.cert = (
+        x509.CertificateBuilder()
+        .subject_name(inter.subject).issuer_name(root.subject)
+        .public_key(inter.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=20))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                     False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(inter.key.public_key()),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root.key.public_key()),
+                       critical=False)
+        .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+            [x509.UniformResourceIdentifier(crl_url)], None, None, None)]), critical=False)
+        .sign(root.key, hashes.SHA256()))
+    inter.pem.write_bytes(inter.cert.public_bytes(serialization.Encoding.PEM))
+    return inter
+
+
+def test_scope_chain_checks_the_intermediate_ca(
+        ca, http_files, ssl_server, engine_factory, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    root_crl, leaf_crl = f"{http_files.url}/root.crl", f"{http_files.url}/inter.crl"
+    inter = intermediate(ca, tmp_path, "Inter", root_crl)
+    pair = inter.issue("chain-leaf", LOCAL, crl_url=leaf_crl)
+    chain = tmp_path / "chain-leaf-full.pem"
+    chain.write_bytes(pair.cert.read_bytes() + inter.pem.read_bytes())
+    port = ssl_server(server_context(Pair(pair.cert, pair.key, chain))).port
+    http_files.files["/inter.crl"] = make_crl(inter, []).public_bytes(DER)  # the leaf is good
+    http_files.files["/root.crl"] = make_crl(ca, [inter.cert]).public_bytes(DER)
+
+    # scope leaf (the default): the server's certificate alone is checked
+    start_engine(engine_factory, monkeypatch, tmp_path, "checks: true\nmode: hard\n")
+    assert connect(ca, port) == (None, "")
+    assert http_files.hits["/inter.crl"] == 1 and http_files.hits["/root.crl"] == 0
+    # scope chain: the intermediate is revoked by the root
+    start_engine(engine_factory, monkeypatch, tmp_path,
+                 "checks: true\nmode: hard\nscope: chain\n")
+    text = refused(ca, port)
+    assert text.startswith("intermediate CA certificate revoked: ") and "CN=Inter Root CA" in text
+    assert f"according to the CRL {root_crl}" in text and "reason keyCompromise" in text
+    # not revoked: both are checked, and the connection goes through
+    http_files.files["/root.crl"] = make_crl(ca, []).public_bytes(DER)
+    start_engine(engine_factory, monkeypatch, tmp_path,
+                 "checks: true\nmode: hard\nscope: chain\n")
+    assert connect(ca, port) == (None, "")
+    assert http_files.hits["/root.crl"] == 2
+    # the root's CRL cannot be had: hard mode names the intermediate
+    del http_files.files["/root.crl"]
+    start_engine(engine_factory, monkeypatch, tmp_path,
+                 "checks: true\nmode: hard\nscope: chain\n")
+    text = refused(ca, port)
+    assert text.startswith("intermediate CA certificate revocation status unknown: "), text
+    assert "(CN=Inter Root CA" in text
+
+
 def test_a_crl_signed_by_another_key_or_stale_is_no_answer(
         ca, http_files, ssl_server, engine_factory, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     forged = f"{http_files.url}/forged.crl"
@@ -731,14 +791,15 @@ def test_revocation_policy_merges_key_by_key_and_limits_the_application() -> Non
 
 def test_revocation_keys_in_a_file_are_checked() -> None:
     text = ("revocation:\n  checks: true\n  mode: hardest\n  ocsp: 1\n  crls: false\n"
-            "server:\n  ocsp_stapling: false\n")
+            "  scope: all\nserver:\n  ocsp_stapling: false\n")
     tree = yamlio.load_text(text, "ssa.yaml")
     with pytest.raises(ConfigErrors) as info:
         parse_document(tree, "ssa.yaml", yamlio.locator(tree), profile=False)
     assert [str(e) for e in info.value.errors] == [
         "ssa.yaml:5:3: revocation -> crls: unknown key; did you mean crl? "
-        "(known: checks, mode, ocsp_stapling, ocsp, crl, cache)",
+        "(known: checks, mode, scope, ocsp_stapling, ocsp, crl, cache)",
         "ssa.yaml:3:9: revocation -> mode: must be one of soft, hard (got 'hardest')",
+        "ssa.yaml:6:10: revocation -> scope: must be one of leaf, chain (got 'all')",
         "ssa.yaml:4:9: revocation -> ocsp: must be true or false (got integer 1)",
     ]
     tree = yamlio.load_text("revocation:\n  checks: true\n  mode: hard\nserver:\n"

@@ -123,8 +123,9 @@ class Revocation:
         self.crl_cache: OrderedDict[str, _CachedCrl] = OrderedDict()
         self.crl_bytes = 0
         self.failed: OrderedDict[str, tuple[float, str]] = OrderedDict()
-        #: leaf fingerprint -> issuer, from verified chains (resumed sessions have none)
-        self.issuers: OrderedDict[bytes, crypto.X509] = OrderedDict()
+        #: leaf fingerprint -> its issuers (the rest of its verified chain), for
+        #: resumed sessions, which have no chain
+        self.issuers: OrderedDict[bytes, list[crypto.X509]] = OrderedDict()
         self._inflight: dict[object, asyncio.Future[Any]] = {}
         #: fetches made (for status and tests): "ocsp", "crl"
         self.fetches = {"ocsp": 0, "crl": 0}
@@ -133,14 +134,27 @@ class Revocation:
     # -- the client check -----------------------------------------------------------
     async def check_server(self, conn: SSL.Connection, rs: RevocationSettings, policy_source: str,
                            who: str) -> None:
-        """Raise ApiError(EPROTO) if the server's certificate is revoked, or if no
-        answer can be had and the policy says hard; return otherwise."""
-        found = self._leaf_and_issuer(conn)  # noted for every connection: see there
+        """Raise ApiError(EPROTO) if the server's certificate is revoked (or, with
+        ``revocation.scope: chain``, an intermediate CA's), or if no answer can be
+        had and the policy says hard; return otherwise."""
+        found = self._chain(conn)  # noted for every connection: see there
         if not rs.checks or found is None:
             return
-        cert, issuer = found[0].to_cryptography(), found[1].to_cryptography()
+        chain = [c.to_cryptography() for c in found]
+        # the last certificate is the trust anchor (or the one the store vouches for)
+        last = len(chain) - 1 if rs.chain else 1
+        for i in range(last):
+            await self._check_one(conn if i == 0 else None, chain[i], chain[i + 1], rs,
+                                  policy_source, who, "" if i == 0 else "intermediate CA ")
+
+    async def _check_one(self, conn: SSL.Connection | None, cert: x509.Certificate,
+                         issuer: x509.Certificate, rs: RevocationSettings, policy_source: str,
+                         who: str, what: str) -> None:
+        """Check one certificate of the chain (``conn``: the leaf's, for its staple)."""
         problems: list[str] = []
-        answer = self._staple_answer(conn, cert, issuer, problems) if rs.ocsp_stapling else None
+        answer = None
+        if conn is not None and rs.ocsp_stapling:
+            answer = self._staple_answer(conn, cert, issuer, problems)
         if answer is None and rs.cache:
             answer = self._cached_ocsp(cert, issuer)
         if answer is None:
@@ -162,9 +176,11 @@ class Revocation:
             log.debug("%s: %s is %s according to the %s", who, cert.subject.rfc4514_string(),
                       answer.status.value, answer.source)
             if answer.status is Status.REVOKED:
-                raise ApiError(errno.EPROTO, answer.describe(cert))
+                raise ApiError(errno.EPROTO, what + answer.describe(cert))
             return
-        message = "certificate revocation status unknown: " + "; ".join(problems)
+        message = f"{what}certificate revocation status unknown: " + "; ".join(problems)
+        if what:
+            message += f" ({cert.subject.rfc4514_string()})"
         if rs.hard:
             raise ApiError(errno.EPROTO, f"{message} (the {policy_source} requires an answer: "
                            "revocation.mode hard)")
@@ -203,34 +219,34 @@ class Revocation:
                 return answer
         return None
 
-    def _leaf_and_issuer(self, conn: SSL.Connection) -> tuple[crypto.X509, crypto.X509] | None:
-        """The server's certificate and its issuer, None when there is nothing to check.
+    def _chain(self, conn: SSL.Connection) -> list[crypto.X509] | None:
+        """The server's verified chain (leaf first), None when there is nothing to check.
 
         A resumed session carries no chain (and no staple), and it may resume
         one made by a socket that did not check: its leaf is checked with the
-        issuer that this engine saw when the session's full handshake was
+        issuers that this engine saw when the session's full handshake was
         verified. So every verified chain is noted (a digest and a dictionary
         entry per connection), whether its socket checks or not.
         """
         chain = conn.get_verified_chain()
         if chain is not None and len(chain) >= 2:
             fp = chain[0].digest("sha256")
-            self.issuers[fp] = chain[1]
+            self.issuers[fp] = chain[1:]
             self.issuers.move_to_end(fp)
             while len(self.issuers) > MAX_ISSUERS:
                 self.issuers.popitem(last=False)
-            return chain[0], chain[1]
+            return chain
         if not fastio.session_reused(conn):
             return None  # a trusted self-signed certificate: no issuer to ask
         leaf = conn.get_peer_certificate()
         if leaf is None:
             return None
-        issuer = self.issuers.get(leaf.digest("sha256"))
-        if issuer is None:
+        issuers = self.issuers.get(leaf.digest("sha256"))
+        if issuers is None:
             log.info("resumed session with %s: its issuer is no longer known; not checked",
                      fastio.peer_subject_oneline(conn))
             return None
-        return leaf, issuer
+        return [leaf, *issuers]
 
     async def _source(self, url: str, problems: list[str],
                       ask: Callable[..., Awaitable[Answer]], *args: Any) -> Answer | None:

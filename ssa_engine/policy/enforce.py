@@ -143,6 +143,8 @@ class RevocationSettings:
 
     checks: bool
     hard: bool
+    #: the intermediate CAs' certificates too, not only the server's
+    chain: bool
     ocsp_stapling: bool
     ocsp: bool
     crl: bool
@@ -181,8 +183,8 @@ def effective_revocation(policy: Policy, app: AppRequests) -> RevocationSettings
     r, a = policy.revocation, app.revocation
     methods = {m: a.get(m, getattr(r, m)) for m in _REVOCATION_METHODS}
     checks = a.get("checks", r.checks or any(a.get(m) for m in _REVOCATION_METHODS))
-    return RevocationSettings(checks=checks, hard=r.mode == "hard", cache=a.get("cache", r.cache),
-                              **methods)
+    return RevocationSettings(checks=checks, hard=r.mode == "hard", chain=r.scope == "chain",
+                              cache=a.get("cache", r.cache), **methods)
 
 
 def check_server_stapling(policy: Policy, on: bool) -> None:

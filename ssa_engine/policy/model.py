@@ -37,6 +37,9 @@ OVERRIDES = {
 #: answer can be had (responder down, no CRL): "soft" logs and continues,
 #: "hard" refuses the connection
 REVOCATION_MODES = ("soft", "hard")
+#: what ``revocation.scope`` may say: which certificates of a server's chain are
+#: checked ("leaf": the server's own; "chain": every intermediate CA's as well)
+REVOCATION_SCOPES = ("leaf", "chain")
 
 
 def normalize_host(host: str) -> str:
@@ -75,6 +78,7 @@ class RevocationPolicy:
 
     checks: bool = False
     mode: str = "soft"  # one of REVOCATION_MODES
+    scope: str = "leaf"  # one of REVOCATION_SCOPES
     #: trust a valid OCSP response the server staples
     ocsp_stapling: bool = True
     #: ask the OCSP responders named in the certificate (AIA)
@@ -179,6 +183,7 @@ class Layer:
     audit: bool | None = None
     revocation_checks: bool | None = None
     revocation_mode: str | None = None
+    revocation_scope: str | None = None
     revocation_ocsp_stapling: bool | None = None
     revocation_ocsp: bool | None = None
     revocation_crl: bool | None = None
@@ -197,7 +202,7 @@ class Layer:
 _TLS_FROM_LEVEL = ("min_version", "max_version", "ciphers", "ciphersuites", "groups")
 #: RevocationPolicy field -> Layer attribute
 _REVOCATION_LAYER = {name: f"revocation_{name}" for name in (
-    "checks", "mode", "ocsp_stapling", "ocsp", "crl", "cache")}
+    "checks", "mode", "scope", "ocsp_stapling", "ocsp", "crl", "cache")}
 
 
 def overlay(base: Policy, layer: Layer, *, source: str, profile: str | None = None) -> Policy:

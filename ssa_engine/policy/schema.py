@@ -28,7 +28,14 @@ from .levels import (
     normalize_cipher,
 )
 from .match import KINDS, Match
-from .model import CLIENT_AUTH, OVERRIDES, REVOCATION_MODES, Layer, normalize_host
+from .model import (
+    CLIENT_AUTH,
+    OVERRIDES,
+    REVOCATION_MODES,
+    REVOCATION_SCOPES,
+    Layer,
+    normalize_host,
+)
 
 Key = str | int
 #: key path -> (line, column), both 1-based; ``key=True`` asks for the key's
@@ -51,7 +58,7 @@ _TOP = {
     "tls": "min_version, max_version, ciphers, ciphersuites, groups",
     "verify": "trust_store, verify_depth, allow_app_trust, allow_ip_names",
     "pins": "host -> list of sha256/BASE64 SPKI pins",
-    "revocation": "checks, mode, ocsp_stapling, ocsp, crl, cache",
+    "revocation": "checks, mode, scope, ocsp_stapling, ocsp, crl, cache",
     "server": "certificates, client_auth, client_ca, ocsp_stapling, early_data, ticket_rotation",
     "app_overrides": "settings the application may relax: " + ", ".join(OVERRIDES),
     "handshake_timeout": "seconds a TLS handshake may take",
@@ -59,7 +66,7 @@ _TOP = {
 }
 _TLS = ("min_version", "max_version", "ciphers", "ciphersuites", "groups")
 _VERIFY = ("trust_store", "verify_depth", "allow_app_trust", "allow_ip_names")
-_REVOCATION = ("checks", "mode", "ocsp_stapling", "ocsp", "crl", "cache")
+_REVOCATION = ("checks", "mode", "scope", "ocsp_stapling", "ocsp", "crl", "cache")
 _SERVER = ("certificates", "client_auth", "client_ca", "ocsp_stapling", "early_data",
            "ticket_rotation")
 _AUDIT_GLOBAL = ("enabled", "path", "max_size", "backups")
@@ -418,6 +425,10 @@ def _revocation(c: _Checker, value: Any, layer: dict[str, Any]) -> None:
         mode = c.choice(r["mode"], ("revocation", "mode"), REVOCATION_MODES)
         if mode is not None:
             layer["revocation_mode"] = mode
+    if "scope" in r:
+        scope = c.choice(r["scope"], ("revocation", "scope"), REVOCATION_SCOPES)
+        if scope is not None:
+            layer["revocation_scope"] = scope
     for key in ("checks", "ocsp_stapling", "ocsp", "crl", "cache"):
         if key in r:
             b = c.boolean(r[key], ("revocation", key))
