@@ -251,6 +251,55 @@ def test_backlog_bounds_connections_waiting_for_accept(pki) -> None:  # type: ig
         c.close()
 
 
+def test_an_application_far_behind_still_accepts_every_connection(pki, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """More connections wait than the listener's notification socket can hold
+    (one message per connection; a small socket buffer here, so that a few
+    dozen are enough): none is lost, accept() gets them all."""
+    from ssa_engine.api import tlssocket
+
+    monkeypatch.setattr(tlssocket, "PAIR_BUFFER", 4608)  # the kernel doubles it: ~12 messages
+    n = 60
+    lst = ssa_engine.create_server(("127.0.0.1", 0), certfile=pki.server.chain,
+                                   keyfile=pki.server.key, backlog=1000)
+    port = lst.getsockname()[1]
+    ctx = ssl.create_default_context(cafile=str(pki.ca.pem))
+    clients: list[ssl.SSLSocket] = []
+    lock = threading.Lock()
+
+    def connect_some(count: int) -> None:
+        for _ in range(count):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+            tls = ctx.wrap_socket(raw, server_hostname="localhost")
+            with lock:
+                clients.append(tls)
+
+    with lst:
+        threads = [threading.Thread(target=connect_some, args=(n // 4,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert len(clients) == n
+        lst.settimeout(10)
+        accepted = []
+        for _ in range(n):
+            conn, _addr = lst.accept()
+            accepted.append(conn)
+        lst.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            lst.accept()
+        # each accepted socket is a live stream to its client
+        clients[-1].sendall(b"last")
+        ends = {conn.getpeername()[1]: conn for conn in accepted}
+        last = ends[clients[-1].getsockname()[1]]
+        last.settimeout(10)
+        assert last.recv(4) == b"last"
+        for conn in accepted:
+            conn.close()
+    for c in clients:
+        c.close()
+
+
 def test_certificate_errors_at_setsockopt(pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
     with ssa_engine.socket() as s:
         s.setsockopt(IPPROTO_TLS, ssa_engine.TLS_CERTIFICATE_CHAIN, pki.server.chain)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _socket
 import errno
 import logging
 import os
@@ -336,9 +337,11 @@ class ServerSide:
                 tcp.close()
                 return
         self.audit_accept(conn, local, peer, sni)
-        data_engine, data_app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # _socket's pairs: the engine needs none of socket.socket's Python layer,
+        # and wrapping each end in it costs more than the system call
+        data_engine, data_app = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            ctl_engine, ctl_app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            ctl_engine, ctl_app = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         except OSError:  # out of descriptors: the listener pauses (caller)
             data_engine.close()
             data_app.close()
@@ -355,11 +358,7 @@ class ServerSide:
         self.send(Accepted(socket_id=child.socket_id, local_host=local[0], local_port=local[1],
                            peer_host=peer[0], peer_port=peer[1]),
                   fds=[data_app.detach(), ctl_app.detach()])
-        try:
-            self.listener.notify.send(b"\x01")
-            self.listener.offered()
-        except OSError:
-            log.warning("%s: the application stopped accepting", self._who())
+        self.listener.offered()
 
     def _post_handshake_auth(self, mode: int | None) -> None:
         """TLS 1.3 post-handshake authentication (RFC 8446 section 4.6.2)."""

@@ -82,6 +82,8 @@ class Listener:
         self.accepted = 0
         #: an upper bound of the offers not accept()ed yet (see _backlog_full)
         self._waiting_bound = 0
+        #: offers whose notification byte is not sent yet (the socket was full)
+        self._unsent = 0
         #: ALPN can be negotiated here: the listener lists protocols, or it has
         #: answered ACME tls-alpn-01 challenges (never reset: a handshake may
         #: have started before a challenge was removed)
@@ -106,11 +108,39 @@ class Listener:
         socket TIOCOUTQ counts the memory of the queued buffers, not bytes,
         so it is divided by what one queued byte costs on this kernel.
         """
-        return -(-_outq(self.notify) // _notify_unit())
+        return -(-_outq(self.notify) // _notify_unit()) + self._unsent
 
     def offered(self) -> None:
-        """One more connection waits for the application's accept()."""
+        """One more connection waits for the application's accept(): tell it.
+
+        One byte per connection, each sent alone (waiting_for_app counts them).
+        When the notification socket is full (the application is far behind),
+        the bytes wait here and go out as it drains: losing one would leave a
+        connection that accept() never returns.
+        """
         self._waiting_bound += 1
+        self._unsent += 1
+        if self._unsent == 1:
+            self._send_notifications()
+
+    def _send_notifications(self) -> None:
+        while self._unsent and not self.closed:
+            try:
+                self.notify.send(b"\x01")
+            except (BlockingIOError, InterruptedError):
+                self.loop.add_writer(self.notify.fileno(), self._on_notify_writable)
+                return
+            except OSError:
+                log.warning("listener %s: the application stopped accepting", self.address())
+                self._unsent = 0
+                return
+            self._unsent -= 1
+
+    def _on_notify_writable(self) -> None:
+        if self.closed:  # queued before close() removed the writer
+            return
+        self.loop.remove_writer(self.notify.fileno())
+        self._send_notifications()
 
     def _backlog_full(self) -> bool:
         # The offers still waiting are at most those counted at the last look
@@ -211,6 +241,8 @@ class Listener:
         for hs in list(self._handshakes.values()):
             hs.abandon()
         self.tcp.close()
+        if self._unsent:
+            self.loop.remove_writer(self.notify.fileno())
         self.notify.close()
 
 
