@@ -158,8 +158,13 @@ class Relay:
         self.app_closed = True
         if self.finished:
             return
-        self._linger = self._loop.call_later(LINGER, self._abort, "linger timeout")
+        if self._app_r:
+            # it closed its plaintext end with the control connection, most likely:
+            # take the end of file now rather than in another wake-up
+            self._on_app_readable()
         self._maybe_finish()
+        if not self.finished:
+            self._linger = self._loop.call_later(LINGER, self._abort, "linger timeout")
 
     def abort(self, reason: str) -> None:
         self._abort(reason)
