@@ -313,9 +313,9 @@ class ServerSide:
             "accept", self.peer, o.policy.profile, conn=conn if error is None else None,
             local=local, remote=remote, sni=sni, verify=verify, error=error))
 
-    def _offer(self, conn: SSL.Connection, tcp: socket.socket, peer: tuple[str, int],
-               sni: str | None, early: bytes, reading: bool) -> None:
-        """A verified connection from ``peer``: hand it to the application's accept().
+    def _offer(self, conn: SSL.Connection, tcp: socket.socket, sni: str | None, early: bytes,
+               reading: bool) -> None:
+        """A verified connection: hand it to the application's accept().
 
         ``reading``: the handshake left ``tcp`` registered for reading (the
         relay takes the registration over; on every other path it is dropped).
@@ -327,15 +327,16 @@ class ServerSide:
             self.loop.remove_reader(tcp.fileno())
             tcp.close()
             return
-        local = self.listener.local
-        if local is None:
-            try:
-                local = tcp.getsockname()
-            except OSError:
-                log.info("%s: a client left right after its handshake", self._who())
-                self.loop.remove_reader(tcp.fileno())
-                tcp.close()
-                return
+        try:
+            # also tells whether the client is still there: one that reset right
+            # after its handshake (openssl s_time does) is dropped here
+            peer = tcp.getpeername()
+            local = self.listener.local or tcp.getsockname()
+        except OSError:
+            log.info("%s: a client left right after its handshake", self._who())
+            self.loop.remove_reader(tcp.fileno())
+            tcp.close()
+            return
         self.audit_accept(conn, local, peer, sni)
         # _socket's pairs: the engine needs none of socket.socket's Python layer,
         # and wrapping each end in it costs more than the system call

@@ -55,8 +55,7 @@ class Listener:
         contexts: ServerContexts,
         backlog: int,
         timeout: float,
-        on_ready: Callable[[SSL.Connection, socket.socket, tuple[str, int], str | None, bytes,
-                            bool], None],
+        on_ready: Callable[[SSL.Connection, socket.socket, str | None, bytes, bool], None],
     ) -> None:
         self.session = session
         self.loop = session.loop
@@ -359,8 +358,8 @@ class _Handshake:
         listener.accepted += 1
         early = b"".join(self.early) if self.early else b""
         try:
-            listener._on_ready(self.conn, self.tcp, self.addr,
-                               raw.decode("ascii", "replace") if raw else None, early, reading)
+            listener._on_ready(self.conn, self.tcp, raw.decode("ascii", "replace") if raw else None,
+                               early, reading)
         except OSError as exc:
             listener.loop.remove_reader(self.fd)
             self.tcp.close()
