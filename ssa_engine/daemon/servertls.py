@@ -111,8 +111,12 @@ class ServerContexts:
             group.kinds.append(kind)
         self.default = self.groups[0].ctx
         self._callback = ffi.callback("int (*)(SSL *, int *, void *)", self._on_servername)
-        for g in self.groups:
-            lib.SSL_CTX_set_tlsext_servername_callback(g.ctx._context, self._callback)  # noqa: SLF001
+        if len(self.groups) > 1 or cfg.only_name is not None:
+            # with one certificate and no TLS_HOSTNAME there is nothing to choose:
+            # no call into Python for every handshake
+            for g in self.groups:
+                lib.SSL_CTX_set_tlsext_servername_callback(g.ctx._context,  # noqa: SLF001
+                                                           self._callback)
 
     def _new_context(self) -> SSL.Context:
         cfg, s = self.cfg, self.cfg.settings
