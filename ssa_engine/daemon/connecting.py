@@ -233,7 +233,8 @@ class ClientSide:
             limit = max_early_data(cached)
             if early and limit > 0 and cfg.settings.max_version >= TLS_1_3:
                 sent = write_early_data(conn, early[:limit])
-        watch.attach(conn)
+        if sent:
+            watch.attach(conn)  # to see whether the server took the early data
         return watch, sent
 
     async def _tcp_connect(self, host: str, port: int, timeout: float) -> socket.socket:

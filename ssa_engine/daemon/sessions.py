@@ -109,10 +109,17 @@ class ClientSessionWatch:
             self.detach()  # one ticket is enough: no callback on the data path
 
     def handshake_done(self, conn: SSL.Connection) -> None:
-        """TLS 1.2 sessions are complete now; TLS 1.3 ones come with a ticket."""
+        """TLS 1.2 sessions are complete now; TLS 1.3 ones come with a ticket.
+
+        The callback is attached only now (unless early data needed it during
+        the handshake): the ticket comes after the handshake, and a callback
+        during it would be a call into Python for every state of it.
+        """
         if conn.get_protocol_version_name() != "TLSv1.3":
             self.store(conn)
             self.detach()
+        elif self._conn is None:
+            self.attach(conn)
 
     def store(self, conn: SSL.Connection) -> None:
         if self.cache is None:
