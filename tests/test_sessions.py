@@ -66,6 +66,20 @@ def test_second_connection_resumes(pki, openssl_server, engine, version: str) ->
     assert _round(pki, srv, b"second\n") == (1, 0)
 
 
+def test_a_checking_socket_never_resumes_a_session_made_without_checks(
+        pki, openssl_server, engine) -> None:  # type: ignore[no-untyped-def]
+    """Sessions are cached per revocation settings: a socket that checks
+    revocation only resumes sessions whose full handshake was checked (the
+    engine notes the chains it needs for resumed checks only then)."""
+    srv = openssl_server(pki.server)
+    assert _round(pki, srv, b"plain\n") == (0, 0)
+    wait_for(lambda: _status(engine)["cached_client_sessions"] == 1, 10, "the session")
+    assert _round(pki, srv, b"checked\n", TLS_REVOCATION_CHECKS=1) == (0, 0)
+    wait_for(lambda: _status(engine)["cached_client_sessions"] == 2, 10, "the second session")
+    assert _round(pki, srv, b"checked again\n", TLS_REVOCATION_CHECKS=1) == (1, 0)
+    assert _round(pki, srv, b"plain again\n") == (1, 0)
+
+
 def test_reuse_off_and_ttl_zero(pki, openssl_server, engine) -> None:
     srv = openssl_server(pki.server)
     assert _round(pki, srv, b"a\n", TLS_SESSION_REUSE=0) == (0, 0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi, lib  # the bindings cryptography ships
 
 _REQUIRED = (
@@ -29,6 +29,8 @@ _REQUIRED = (
     "SSL_get_peer_certificate",
     "X509_get_subject_name",
     "OPENSSL_free",
+    "X509_digest",
+    "EVP_get_digestbyname",
 )
 
 WANT_READ = lib.SSL_ERROR_WANT_READ
@@ -154,6 +156,20 @@ def group_name(conn: SSL.Connection) -> str | None:
         return None
     name = lib.SSL_get0_group_name(conn._ssl)  # noqa: SLF001
     return None if name == ffi.NULL else ffi.string(name).decode("ascii", "replace")
+
+
+_SHA256 = lib.EVP_get_digestbyname(b"sha256")
+
+
+def cert_sha256(cert: crypto.X509) -> bytes:
+    """The certificate's SHA-256 fingerprint, raw (``X509.digest`` formats it
+    as hex with colons, one Python call per byte)."""
+    out = ffi.new("unsigned char[]", 32)
+    size = ffi.new("unsigned int *")
+    if lib.X509_digest(cert._x509, _SHA256, out, size) != 1:  # noqa: SLF001
+        lib.ERR_clear_error()
+        raise ValueError("X509_digest failed")
+    return bytes(ffi.buffer(out, size[0]))
 
 
 def session_reused(conn: SSL.Connection) -> bool:

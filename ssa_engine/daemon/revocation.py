@@ -137,8 +137,10 @@ class Revocation:
         """Raise ApiError(EPROTO) if the server's certificate is revoked (or, with
         ``revocation.scope: chain``, an intermediate CA's), or if no answer can be
         had and the policy says hard; return otherwise."""
-        found = self._chain(conn)  # noted for every connection: see there
-        if not rs.checks or found is None:
+        if not rs.checks:
+            return
+        found = self._chain(conn)
+        if found is None:
             return
         chain = [c.to_cryptography() for c in found]
         # the last certificate is the trust anchor (or the one the store vouches for)
@@ -222,15 +224,15 @@ class Revocation:
     def _chain(self, conn: SSL.Connection) -> list[crypto.X509] | None:
         """The server's verified chain (leaf first), None when there is nothing to check.
 
-        A resumed session carries no chain (and no staple), and it may resume
-        one made by a socket that did not check: its leaf is checked with the
-        issuers that this engine saw when the session's full handshake was
-        verified. So every verified chain is noted (a digest and a dictionary
-        entry per connection), whether its socket checks or not.
+        A resumed session carries no chain (and no staple): its leaf is checked
+        with the issuers that this engine saw when the session's full handshake
+        was verified. Only sockets that check need them: the client session
+        cache keys sessions by the revocation settings too, so a checking
+        socket only resumes sessions that a checking socket made, and noted.
         """
         chain = conn.get_verified_chain()
         if chain is not None and len(chain) >= 2:
-            fp = chain[0].digest("sha256")
+            fp = fastio.cert_sha256(chain[0])
             self.issuers[fp] = chain[1:]
             self.issuers.move_to_end(fp)
             while len(self.issuers) > MAX_ISSUERS:
@@ -241,7 +243,7 @@ class Revocation:
         leaf = conn.get_peer_certificate()
         if leaf is None:
             return None
-        issuers = self.issuers.get(leaf.digest("sha256"))
+        issuers = self.issuers.get(fastio.cert_sha256(leaf))
         if issuers is None:
             log.info("resumed session with %s: its issuer is no longer known; not checked",
                      fastio.peer_subject_oneline(conn))
