@@ -8,6 +8,7 @@ validation authority uses) into a temporary state directory; no engine runs
 
 from __future__ import annotations
 
+import base64
 import configparser
 import dataclasses
 import datetime as dt
@@ -225,6 +226,28 @@ def test_force_and_dry_run(pebble, tmp_path) -> None:
                      res.stdout, re.M), res.stdout
     assert store.current_version(name).number == 2
     assert len(hook_out.read_text().splitlines()) == 1
+
+
+def test_a_replacement_the_ca_cannot_place_renews_without_replaces(pebble, tmp_path) -> None:
+    """Pebble answers serverInternal when `replaces` names a certificate whose order it
+    cannot find (for an unknown serial here; also, briefly, for one it has just
+    issued): the renewal goes on as an ordinary order and says so."""
+    state = tmp_path / "state"
+    name = "unplaced.renew.test"
+    issue(pebble, state, name)
+    store = Store(state)
+    acme = store.current_version(name).meta.acme
+    assert acme is not None and acme.ari_cert_id
+    key_id, _serial = acme.ari_cert_id.split(".")
+    unknown = base64.urlsafe_b64encode(b"\x01" + os.urandom(15)).rstrip(b"=").decode()
+    store.update_acme(name, dataclasses.replace(acme, ari_cert_id=f"{key_id}.{unknown}"))
+    code, doc, err = renew_json(state, "--force", name)
+    assert code == 0, err
+    (one,) = doc["certificates"]
+    assert one["status"] == "renewed" and one["version"] == 2 and one["replaces"] is None
+    assert any("could not place an order replacing version 1" in n for n in one["notes"]), \
+        one["notes"]
+    assert store.current_version(name).number == 2
 
 
 def test_failed_renewal_keeps_the_old_version(pebble, tmp_path) -> None:

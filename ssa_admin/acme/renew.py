@@ -368,13 +368,24 @@ class Renewer:
             new = issue(acme, account, responder, request, self.store, progress)
         except AcmeError as exc:
             problem = problem_of(exc, acme)
-            if not replaces or short_type((problem or {}).get("type")) != "alreadyReplaced":
+            kind = short_type((problem or {}).get("type"))
+            if not replaces:
                 raise
-            # An earlier order replaced this certificate (a renewal killed before it was
-            # stored, or an older version made current again): the CA takes no second
-            # replacement, but an ordinary order still works.
-            outcome.notes.append(f"the CA says version {version.number} was already "
-                                 "replaced by another order; renewed without ARI replaces")
+            if kind == "alreadyReplaced":
+                # An earlier order replaced this certificate (a renewal killed before it
+                # was stored, or an older version made current again): the CA takes no
+                # second replacement, but an ordinary order still works.
+                outcome.notes.append(f"the CA says version {version.number} was already "
+                                     "replaced by another order; renewed without ARI replaces")
+            elif kind == "serverInternal" and getattr(exc, "context", "") == "placing the order":
+                # The CA failed on the order itself, where the only thing out of the
+                # ordinary is the link to the old certificate (Pebble does, when it has
+                # not indexed that certificate's order yet): the renewal matters more.
+                outcome.notes.append(f"the CA could not place an order replacing version "
+                                     f"{version.number} ({(problem or {}).get('detail', '')}); "
+                                     "renewed without ARI replaces")
+            else:
+                raise
             request.replaces = replaces = None
             new = issue(acme, account, self.responder_for(acme_meta), request, self.store,
                         progress)
