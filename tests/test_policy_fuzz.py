@@ -11,7 +11,7 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ssa_engine.config import ConfigErrors, yamlio
@@ -60,6 +60,8 @@ def test_random_bytes(data: bytes, profile: bool) -> None:
 
 @FUZZ
 @given(st.text(alphabet=string.printable + "é\t", max_size=300), st.booleans())
+@example("-_", False)  # ruamel.yaml's IndexError, found by this test
+@example("._", True)  # and its ValueError
 def test_near_yaml_text(text: str, profile: bool) -> None:
     _check(text, profile)
 

@@ -350,6 +350,19 @@ def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
         f"{tmp_path}/profiles.d/wget.yaml:2:12: not UTF-8 text (byte 18)"]
 
 
+def test_a_value_the_yaml_library_cannot_build_is_located(tmp_path: Path) -> None:
+    """ruamel.yaml resolves `-_` and `._` as numbers, then fails to build them
+    (IndexError, ValueError): a located error, never a traceback (found by the fuzzer)."""
+    write(tmp_path, "level: default\nhandshake_timeout: -_\n")
+    assert [str(e) for e in load_errors(tmp_path)] == [
+        f"{tmp_path}/ssa.yaml:2:20: invalid YAML: '-_' looks like a number but is none; "
+        "quote it if it is meant as text"]
+    write(tmp_path, "tls:\n  groups: [X25519, ._]\n")
+    assert [str(e) for e in load_errors(tmp_path)] == [
+        f"{tmp_path}/ssa.yaml:2:20: invalid YAML: '._' looks like a number but is none; "
+        "quote it if it is meant as text"]
+
+
 def test_a_badly_named_profile_file(tmp_path: Path) -> None:
     write(tmp_path, **{"my wget": "match:\n  name: wget\n"})
     assert [str(e) for e in load_errors(tmp_path)] == [

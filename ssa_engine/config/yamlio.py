@@ -19,6 +19,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from ..policy.schema import ConfigError, ConfigErrors, Key
 
@@ -86,10 +87,41 @@ def load_text(text: str, file: str) -> Any:
         raise _error(file, f"invalid YAML: {problem}", mark.line + 1, mark.column + 1) from None
     except YAMLError as exc:
         raise _error(file, f"invalid YAML: {exc}") from None
+    except (ValueError, IndexError, TypeError, OverflowError) as exc:
+        # ruamel.yaml's own bugs: some plain scalars (``-_``, ``._``) resolve as
+        # numbers that its constructor then fails to build
+        where = _unbuildable_number(text)
+        if where is None:
+            raise _error(file, f"invalid YAML: the YAML library could not read this file "
+                         f"({type(exc).__name__}: {exc})") from None
+        line, col, value = where
+        raise _error(file, f"invalid YAML: {value!r} looks like a number but is none; quote "
+                     "it if it is meant as text", line, col) from None
     _refuse_aliases(tree, file)
     if isinstance(tree, CommentedMap):
         tree._ssa_layout = layout_of(text)  # type: ignore[attr-defined]  # read by dump()
     return tree
+
+
+def _unbuildable_number(text: str) -> tuple[int, int, str] | None:
+    """(line, column, value) of the first plain scalar resolved as a number
+    without a digit in it, found on the composed nodes (nothing built)."""
+    try:
+        root = YAML(typ="rt").compose(text)
+    except YAMLError:
+        return None
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ScalarNode):
+            if str(node.tag).endswith((":int", ":float")) and not any(
+                    c.isdigit() for c in str(node.value)):
+                return node.start_mark.line + 1, node.start_mark.column + 1, str(node.value)
+        elif isinstance(node, MappingNode):
+            stack.extend(v for pair in reversed(node.value) for v in reversed(pair))
+        elif isinstance(node, SequenceNode):
+            stack.extend(reversed(node.value))
+    return None
 
 
 def load_file(path: Path) -> Any:
